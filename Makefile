@@ -1,0 +1,36 @@
+# The verbs of llmjob. Heavy artefacts (virtualenv, pip wheels, Go builds) live in
+# LLMJOB_CACHE, outside the repo tree, so a second run on the same machine is fast.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+LLMJOB_CACHE ?= $(HOME)/.cache/llmjob
+PYTHON_BASE ?= python3
+VENV := $(LLMJOB_CACHE)/venv
+PY := $(VENV)/bin/python
+# Every verb runs this checkout's sources, whichever checkout the venv's editable install names.
+export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/dev
+export LLMJOB_CACHE
+
+.PHONY: help venv lint crds test test-unit
+
+help:
+	@echo "make demo | test | test-unit | lint | crds | venv"
+
+venv:
+	@LLMJOB_VENV=$(VENV) PYTHON_BASE=$(PYTHON_BASE) bash dev/venv.sh
+
+lint: venv
+	$(VENV)/bin/ruff check operator trainer_image dev tests
+	$(VENV)/bin/ruff format --check operator trainer_image dev tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+crds: venv
+	$(PY) -m llmjob_operator.crd --out crds/llmtrainingjobs.training.llmjob.dev.yaml --out helm/llmjob-operator/crds/llmtrainingjobs.training.llmjob.dev.yaml
+
+test-unit: venv
+	$(PY) -m pytest tests/unit
+
+test: lint
+	$(PY) -m pytest tests

@@ -1,0 +1,284 @@
+"""The trainer's configuration: what `train.json` holds, validated by pydantic.
+
+Imports no torch: the operator embeds these models in the LLMTrainingJob API, so
+the operator and the trainer validate exactly the same thing.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from llmjob_trainer.presets import MODEL_PRESETS
+
+Precision = Literal["bf16", "fp16", "fp32"]
+TokenDtype = Literal["uint16", "uint32"]
+ResumePolicy = Literal["Auto", "Never"]
+PresetName = Literal["tiny", "gpt2-124m", "llama-1b"]
+
+
+class ApiModel(BaseModel):
+    """Frozen, camelCase on the wire, unknown keys rejected: the base of every API model."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=False,
+    )
+
+
+class ModelConfig(ApiModel):
+    """Which causal language model to train."""
+
+    preset: PresetName | None = Field(
+        default=None,
+        description="A named architecture built from its config with nothing downloaded "
+        "(tiny, gpt2-124m, llama-1b). Exactly one of preset, path and hubId.",
+    )
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A local Hugging Face model directory (config.json and weights, "
+        "optionally a tokenizer) to continue training from.",
+    )
+    hub_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A Hugging Face Hub model id; needs network access from the workers.",
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides applied to the model's transformers config "
+        "(for example n_layer or hidden_size).",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass to save memory."
+    )
+    compile: bool = Field(default=False, description="Compile the model with torch.compile.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        sources = [name for name in ("preset", "path", "hub_id") if getattr(self, name)]
+        if len(sources) != 1:
+            raise ValueError(
+                "set exactly one of model.preset, model.path and model.hubId "
+                f"(got {', '.join(sources) or 'none'})"
+            )
+        return self
+
+    def max_positions(self) -> int | None:
+        """The longest sequence the model accepts, where it is known without loading it."""
+        if self.preset is None:
+            return None
+        preset = MODEL_PRESETS[self.preset]
+        for key in ("n_positions", "max_position_embeddings"):
+            if key in self.config:
+                return int(self.config[key])
+        return preset.max_positions
+
+
+class DataConfig(ApiModel):
+    """Where the tokenized training data is (files written by llmjob-prepare)."""
+
+    path: str = Field(min_length=1, description="Token file for training (flat uint16/uint32).")
+    validation_path: str | None = Field(
+        default=None, min_length=1, description="Token file for validation loss; optional."
+    )
+    dtype: TokenDtype | None = Field(
+        default=None,
+        description="Token width; defaults to the dtype in the token file's JSON header.",
+    )
+
+
+class TrainConfig(ApiModel):
+    """The optimisation: steps, batch shape, learning-rate schedule, precision and ZeRO."""
+
+    max_steps: int = Field(default=1000, ge=1, description="Optimizer steps to train for.")
+    seq_len: int = Field(default=1024, ge=8, le=131072, description="Tokens per sample.")
+    micro_batch_size: int = Field(default=4, ge=1, description="Samples per rank per micro-step.")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, description="Micro-steps accumulated into one optimizer step."
+    )
+    global_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Samples per optimizer step across all ranks. When set it must equal "
+        "microBatchSize x gradientAccumulationSteps x world size.",
+    )
+    learning_rate: float = Field(default=3e-4, gt=0, le=1, description="Peak learning rate.")
+    warmup_steps: int = Field(default=100, ge=0, description="Linear warmup steps.")
+    min_learning_rate: float = Field(
+        default=3e-5, ge=0, description="Learning rate at the end of the cosine decay."
+    )
+    weight_decay: float = Field(default=0.1, ge=0, le=1, description="AdamW weight decay.")
+    adam_beta1: float = Field(default=0.9, gt=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(default=0.95, gt=0, lt=1, description="AdamW beta2.")
+    grad_clip: float = Field(default=1.0, ge=0, description="Gradient norm clip; 0 disables it.")
+    precision: Precision = Field(default="bf16", description="bf16, fp16 or fp32.")
+    zero_stage: int = Field(default=2, ge=0, le=3, description="DeepSpeed ZeRO stage, 0 to 3.")
+    seed: int = Field(default=1234, ge=0, description="Seed for weights, sampling and dropout.")
+    eval_interval_steps: int = Field(
+        default=0, ge=0, description="Validation every this many steps; 0 only at the end."
+    )
+    eval_batches: int = Field(default=8, ge=1, description="Micro-batches per validation.")
+    log_interval_steps: int = Field(default=10, ge=1, description="A log line every N steps.")
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> Self:
+        if self.min_learning_rate > self.learning_rate:
+            raise ValueError(
+                f"training.minLearningRate ({self.min_learning_rate}) must not exceed "
+                f"training.learningRate ({self.learning_rate})"
+            )
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(
+                f"training.warmupSteps ({self.warmup_steps}) must not exceed "
+                f"training.maxSteps ({self.max_steps})"
+            )
+        return self
+
+    def samples_per_step(self, world_size: int) -> int:
+        return self.micro_batch_size * self.gradient_accumulation_steps * world_size
+
+    def check_world_size(self, world_size: int) -> None:
+        """Raise if globalBatchSize disagrees with the batch shape at this world size."""
+        if self.global_batch_size is None:
+            return
+        actual = self.samples_per_step(world_size)
+        if self.global_batch_size != actual:
+            per_rank = self.micro_batch_size * world_size
+            hint = (
+                f"set training.gradientAccumulationSteps to {self.global_batch_size // per_rank}"
+                if self.global_batch_size % per_rank == 0
+                else f"use a multiple of microBatchSize x world size ({per_rank})"
+            )
+            raise ValueError(
+                f"training.globalBatchSize ({self.global_batch_size}) != microBatchSize "
+                f"({self.micro_batch_size}) x gradientAccumulationSteps "
+                f"({self.gradient_accumulation_steps}) x world size ({world_size}) = {actual}; "
+                f"{hint}, or drop globalBatchSize"
+            )
+
+
+class CheckpointConfig(ApiModel):
+    """Where and how often the trainer commits checkpoints."""
+
+    dir: str = Field(min_length=1, description="Directory holding committed checkpoints.")
+    interval_steps: int = Field(default=100, ge=1, description="Commit every N steps.")
+    keep_last: int = Field(default=3, ge=1, description="Committed checkpoints to keep.")
+    resume: ResumePolicy = Field(
+        default="Auto",
+        description="Auto resumes from the newest committed checkpoint; Never starts over.",
+    )
+    export_dir: str | None = Field(
+        default=None,
+        description="Where the final Hugging Face model is exported; default <dir>/export.",
+    )
+
+
+class RunConfig(ApiModel):
+    """The whole of `train.json`: everything one training run needs besides DeepSpeed's config."""
+
+    job_name: str = Field(default="local", description="Name used in logs and metric labels.")
+    model: ModelConfig
+    data: DataConfig
+    training: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig
+    metrics_port: int = Field(default=9400, ge=0, le=65535, description="0 disables /metrics.")
+
+    @model_validator(mode="after")
+    def _sequence_fits_model(self) -> Self:
+        limit = self.model.max_positions()
+        if limit is not None and self.training.seq_len > limit:
+            raise ValueError(
+                f"training.seqLen ({self.training.seq_len}) exceeds the model's "
+                f"{limit} positions; lower seqLen or raise the position count in model.config"
+            )
+        return self
+
+    def config_hash(self) -> str:
+        """Hash of what must not change across a resume (model and optimisation)."""
+        stable = {
+            "model": self.model.model_dump(mode="json", by_alias=True),
+            "training": self.training.model_dump(
+                mode="json", by_alias=True, exclude={"max_steps", "eval_interval_steps"}
+            ),
+        }
+        return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        return cls.model_validate_json(Path(path).read_text())
+
+
+# Which training field produced each generated DeepSpeed key: names both in a conflict.
+_GENERATED_FROM: dict[str, str] = {
+    "train_batch_size": "training.microBatchSize x gradientAccumulationSteps x world size",
+    "train_micro_batch_size_per_gpu": "training.microBatchSize",
+    "gradient_accumulation_steps": "training.gradientAccumulationSteps",
+    "gradient_clipping": "training.gradClip",
+    "zero_optimization.stage": "training.zeroStage",
+    "bf16.enabled": "training.precision",
+    "fp16.enabled": "training.precision",
+}
+# The trainer builds AdamW and the warmup+cosine schedule itself, so it can checkpoint and
+# resume them exactly; a DeepSpeed-built optimizer would bypass training.learningRate.
+_RESERVED_DEEPSPEED_KEYS = {
+    "optimizer": "the trainer builds AdamW from training.learningRate/weightDecay/adamBeta*",
+    "scheduler": "the trainer builds warmup + cosine from training.warmupSteps/minLearningRate",
+}
+
+
+def generated_deepspeed_config(training: TrainConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config implied by `training` at this world size."""
+    return {
+        "train_batch_size": training.samples_per_step(world_size),
+        "train_micro_batch_size_per_gpu": training.micro_batch_size,
+        "gradient_accumulation_steps": training.gradient_accumulation_steps,
+        "gradient_clipping": training.grad_clip,
+        "zero_optimization": {"stage": training.zero_stage},
+        "bf16": {"enabled": training.precision == "bf16"},
+        "fp16": {"enabled": training.precision == "fp16"},
+    }
+
+
+# Defaults a user may override freely: the trainer prints its own log line, and
+# DeepSpeed's would interleave with it.
+_OVERRIDABLE_DEFAULTS: dict[str, Any] = {"steps_per_print": 2**31 - 1, "wall_clock_breakdown": False}
+
+
+def deepspeed_config(
+    training: TrainConfig, world_size: int, user: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Generated config with the user's raw DeepSpeed keys merged over it.
+
+    A user key may add to the generated config or repeat a generated value; one that
+    contradicts a generated value is an error naming both, so there is one source of
+    truth for every setting.
+    """
+    merged = generated_deepspeed_config(training, world_size)
+    for key, why in _RESERVED_DEEPSPEED_KEYS.items():
+        if user and key in user:
+            raise ValueError(f"deepspeed.{key} is not allowed: {why}")
+    _merge_into(merged, user or {}, prefix="")
+    return {**_OVERRIDABLE_DEFAULTS, **merged}
+
+
+def _merge_into(base: dict[str, Any], overlay: dict[str, Any], prefix: str) -> None:
+    for key, value in overlay.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge_into(base[key], value, prefix=f"{path}.")
+        elif key in base and base[key] != value:
+            source = _GENERATED_FROM.get(path, "the generated config")
+            raise ValueError(
+                f"deepspeed.{path}={json.dumps(value)} contradicts {source} "
+                f"(which gives {json.dumps(base[key])}); set it there instead"
+            )
+        else:
+            base[key] = value
