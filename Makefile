@@ -4,10 +4,12 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-LLMJOB_CACHE ?= $(HOME)/.cache/llmjob
-PYTHON_BASE ?= python3
+LLMJOB_CACHE ?= /var/cache/llmjob
+PYTHON_BASE ?= /usr/bin/python3.11
 VENV := $(LLMJOB_CACHE)/venv
 PY := $(VENV)/bin/python
+# Pods on the local cluster run as a non-root user with this venv as their "image", so
+# both the cache and the base interpreter live outside /root (which is private).
 # Every verb runs this checkout's sources, whichever checkout the venv's editable install names.
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/dev
 export LLMJOB_CACHE
