@@ -49,7 +49,7 @@ var programs = map[string]func() int{
 	},
 	"kubectl": func() int {
 		// kubectl reads its verbosity before cobra parses flags (see cmd/kubectl upstream).
-		_ = logs.GlogSetter(kubectlcmd.GetLogVerbosity(os.Args))
+		_, _ = logs.GlogSetter(kubectlcmd.GetLogVerbosity(os.Args))
 		if err := cli.RunNoErrOutput(kubectlcmd.NewDefaultKubectlCommand()); err != nil {
 			kubectlutil.CheckErr(err)
 		}
