@@ -122,6 +122,9 @@ def component_argv(layout: Layout, bin_dir: Path, name: str) -> list[str]:
             f"--etcd-servers=http://127.0.0.1:{layout.etcd_client_port}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
+            # The endpoint reconciler refuses loopback addresses; pods reach the API server
+            # through KUBERNETES_SERVICE_HOST=127.0.0.1 instead of the service's cluster IP.
+            "--endpoint-reconciler-type=none",
             f"--secure-port={layout.apiserver_port}",
             f"--tls-cert-file={pki / 'serving.crt'}",
             f"--tls-private-key-file={pki / 'serving.key'}",
@@ -214,10 +217,12 @@ def is_healthy(layout: Layout, name: str) -> bool:
     raise ValueError(name)
 
 
-def wait_healthy(layout: Layout, name: str, timeout: float) -> None:
+def wait_healthy(
+    layout: Layout, name: str, process: subprocess.Popen[bytes], timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while not is_healthy(layout, name):
-        if processes.running_pid(layout.pid_dir, name) is None:
+        if process.poll() is not None:
             raise SystemExit(f"devcluster: {name} exited; see {layout.log_dir / (name + '.log')}")
         if time.monotonic() > deadline:
             raise SystemExit(f"devcluster: {name} not healthy after {timeout:.0f}s")
@@ -256,11 +261,11 @@ def up(layout: Layout) -> bool:
         if name == "node-agent":
             (layout.state_dir / "agent-ready").unlink(missing_ok=True)
         log(f"starting {name}")
-        processes.start(
+        process = processes.start(
             layout.pid_dir, layout.log_dir, name, component_argv(layout, bin_dir, name), env
         )
         started_any = True
-        wait_healthy(layout, name, timeout=120)
+        wait_healthy(layout, name, process, timeout=120)
     verb = "started" if started_any else "already running"
     log(f"{verb} in {time.monotonic() - started_at:.1f}s; KUBECONFIG={layout.kubeconfig}")
     return started_any

@@ -47,7 +47,9 @@ def running_pid(pid_dir: Path, name: str) -> int | None:
     return pid
 
 
-def start(pid_dir: Path, log_dir: Path, name: str, argv: list[str], env: dict[str, str]) -> int:
+def start(
+    pid_dir: Path, log_dir: Path, name: str, argv: list[str], env: dict[str, str]
+) -> subprocess.Popen[bytes]:
     """Starts `argv` detached in its own session (so it outlives the caller and its whole
     process group can be signalled), logging to log_dir/name.log."""
     pid_dir.mkdir(parents=True, exist_ok=True)
@@ -62,7 +64,7 @@ def start(pid_dir: Path, log_dir: Path, name: str, argv: list[str], env: dict[st
             start_new_session=True,
         )
     _pid_file(pid_dir, name).write_text(f"{process.pid}\n{argv[0]}\n")
-    return process.pid
+    return process
 
 
 def wait_gone(pids: Iterable[int], timeout: float) -> set[int]:

@@ -723,6 +723,12 @@ class PodWorker(threading.Thread):
                     }
                 self.publish()
                 time.sleep(1.0)
+        # The kubelet always mounts API-data volumes read-only.
+        read_only_volumes = {
+            volume["name"]
+            for volume in self.pod["spec"].get("volumes") or []
+            if {"configMap", "secret", "downwardAPI", "projected"} & volume.keys()
+        }
         mounts = []
         for container in self.init_containers + self.containers:
             for mount in container.spec.get("volumeMounts") or []:
@@ -735,7 +741,8 @@ class PodWorker(threading.Thread):
                     {
                         "source": str(source),
                         "target": mount["mountPath"],
-                        "readOnly": bool(mount.get("readOnly")),
+                        "readOnly": bool(mount.get("readOnly"))
+                        or mount["name"] in read_only_volumes,
                     }
                 )
         # All containers of a pod share one mount namespace here, so a path mounted by

@@ -29,7 +29,28 @@ def mount(*args: str) -> None:
 
 
 def inside(root: Path, path: str) -> Path:
-    return root / path.lstrip("/")
+    """`path` as seen from inside `root`: symlinks are followed within the root (Debian's
+    /var/run -> /run must land in the pod's /run, not the host's)."""
+    resolved = root
+    pending = [part for part in path.split("/") if part]
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            resolved = resolved.parent if resolved != root else root
+            continue
+        candidate = resolved / part
+        if candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise OSError(f"too many symlinks resolving {path}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = root
+            pending = [p for p in target.split("/") if p and p != "."] + pending
+            continue
+        resolved = candidate
+    return resolved
 
 
 def bind(source: str, target: Path, read_only: bool) -> None:
@@ -77,11 +98,13 @@ def main() -> None:
     setup = json.loads(Path(sys.argv[1]).read_text())
     root = build_root(setup)
     socket.sethostname(setup["hostname"])
-    os.chroot(root)
-    os.chdir("/")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    # Tells the node agent that containers may now be entered.
-    Path(setup["readyFile"]).write_text(str(os.getpid()))
+    # Opened before the chroot hides the host path; written after it, so that the agent
+    # enters containers into the finished root.
+    with open(setup["readyFile"], "w") as ready:
+        os.chroot(root)
+        os.chdir("/")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        ready.write(str(os.getpid()))
     while True:
         signal.pause()
 
