@@ -499,6 +499,9 @@ class Progress(ApiModel):
     tokens_per_second: float | None = Field(default=None, description="Tokens per second.")
     eta_seconds: int | None = Field(default=None, description="Estimated seconds to finish.")
     updated_time: datetime | None = Field(default=None, description="When these were read.")
+    last_advance_time: datetime | None = Field(
+        default=None, description="When the operator last saw the step advance (hang detection)."
+    )
 
 
 class CheckpointStatus(ApiModel):
@@ -526,6 +529,21 @@ class LLMTrainingJobStatus(ApiModel):
     last_failure: FailureRecord | None = Field(default=None, description="Last failure.")
     progress: Progress | None = Field(default=None, description="Training progress.")
     checkpoint: CheckpointStatus | None = Field(default=None, description="Newest checkpoint.")
+    attempt_start_time: datetime | None = Field(
+        default=None, description="When the current attempt's workers were created."
+    )
+    running_time: datetime | None = Field(
+        default=None, description="When every worker of the current attempt was first Running."
+    )
+    restart_after: datetime | None = Field(
+        default=None, description="Earliest time the next attempt starts (restart backoff)."
+    )
+    suspend_time: datetime | None = Field(
+        default=None, description="When the current suspension began."
+    )
+    suspended_seconds: int = Field(
+        default=0, description="Seconds spent suspended; not counted by activeDeadlineSeconds."
+    )
 
 
 class LLMTrainingJob(ApiModel):
