@@ -35,4 +35,4 @@ test-unit: venv
 	$(PY) -m pytest tests/unit
 
 test: lint
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests/unit
