@@ -8,7 +8,6 @@ test that touches the cluster gets a fresh namespace, deleted afterwards.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,20 +39,25 @@ def devcluster() -> Iterator[Layout]:
 
 
 @pytest.fixture(scope="session")
-def api(devcluster: Layout) -> client.ApiClient:
-    return kube.api_client(devcluster.kubeconfig)
+def kubeconfig(devcluster: Layout) -> Path:
+    return devcluster.kubeconfig
 
 
 @pytest.fixture(scope="session")
-def core(api: client.ApiClient) -> client.CoreV1Api:
-    return client.CoreV1Api(api)
+def api_client(kubeconfig: Path) -> client.ApiClient:
+    return kube.api_client(kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def core(api_client: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api_client)
 
 
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterator[str]:
     """A fresh namespace, ready for pods (its default ServiceAccount exists)."""
-    test_name = request.node.name.lower().replace("_", "-")[:40].strip("-")
-    name = f"{test_name}-{uuid.uuid4().hex[:6]}"
+    test_name = request.node.name[:40].lower().replace("_", "-").strip("-")
+    name = f"t-{test_name}-{uuid.uuid4().hex[:5]}"
     core.create_namespace(kube.model(client.V1Namespace, {"metadata": {"name": name}}))
     wait_for(
         lambda: _exists(lambda: core.read_namespaced_service_account("default", name)),
@@ -65,22 +69,9 @@ def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterato
 
 
 @pytest.fixture(scope="session")
-def kubectl(devcluster: Layout) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Runs the pinned kubectl (built with the cluster) against the cluster."""
-
-    def run(
-        *args: str, stdin: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(devcluster.bin_link / "kubectl"), f"--kubeconfig={devcluster.kubeconfig}", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=120,
-        )
-
-    return run
+def kubectl(devcluster: Layout) -> list[str]:
+    """The command line of the pinned kubectl (built with the cluster) for this cluster."""
+    return [str(devcluster.bin_link / "kubectl"), f"--kubeconfig={devcluster.kubeconfig}"]
 
 
 def _exists(read: Callable[[], object]) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
 
 import pytest
 import yaml
@@ -15,7 +14,15 @@ from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
-Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+def run(
+    kubectl: list[str], *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*kubectl, *args], input=stdin, capture_output=True, text=True, check=check, timeout=120
+    )
+
+
 CRD = REPO_ROOT / "crds" / "llmtrainingjobs.training.llmjob.dev.yaml"
 EXAMPLE = REPO_ROOT / "examples" / "cpu-demo.yaml"
 
@@ -30,14 +37,14 @@ def token_client(devcluster: Layout, token: str) -> client.CoreV1Api:
 
 
 def test_rbac_forbids_a_service_account_without_a_role_and_allows_it_with_one(
-    api: client.ApiClient, core: client.CoreV1Api, namespace: str, devcluster: Layout
+    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str, devcluster: Layout
 ) -> None:
     core.create_namespaced_service_account(
         namespace, kube.model(client.V1ServiceAccount, {"metadata": {"name": "robot"}})
     )
     request = kube.model(client.AuthenticationV1TokenRequest, {"spec": {"expirationSeconds": 600}})
     token = kube.as_dict(
-        api, core.create_namespaced_service_account_token("robot", namespace, request)
+        api_client, core.create_namespaced_service_account_token("robot", namespace, request)
     )
     robot = token_client(devcluster, token["status"]["token"])
 
@@ -45,7 +52,7 @@ def test_rbac_forbids_a_service_account_without_a_role_and_allows_it_with_one(
         robot.list_namespaced_pod(namespace)
     assert denied.value.status == 403
 
-    rbac = client.RbacAuthorizationV1Api(api)
+    rbac = client.RbacAuthorizationV1Api(api_client)
     rbac.create_namespaced_role(
         namespace,
         kube.model(
@@ -96,10 +103,11 @@ def example_job(namespace: str) -> dict[str, object]:
 
 
 def test_crd_applies_explains_its_fields_and_rejects_an_invalid_job(
-    kubectl: Kubectl, namespace: str
+    kubectl: list[str], namespace: str
 ) -> None:
-    kubectl("apply", "-f", str(CRD.parent))
-    kubectl(
+    run(kubectl, "apply", "-f", str(CRD.parent))
+    run(
+        kubectl,
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
@@ -107,7 +115,9 @@ def test_crd_applies_explains_its_fields_and_rejects_an_invalid_job(
     )
 
     explained = wait_for(
-        lambda: kubectl("explain", "llmtrainingjob.spec", check=False).stdout, 30, "kubectl explain"
+        lambda: run(kubectl, "explain", "llmtrainingjob.spec", check=False).stdout,
+        30,
+        "kubectl explain",
     )
     schema = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     workers = schema["properties"]["spec"]["properties"]["workers"]["description"]
@@ -115,22 +125,22 @@ def test_crd_applies_explains_its_fields_and_rejects_an_invalid_job(
     assert "workers" in explained
 
     valid = example_job(namespace)
-    kubectl("apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(valid))
+    run(kubectl, "apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(valid))
 
     invalid = example_job(namespace)
     spec = invalid["spec"]
     assert isinstance(spec, dict)
     spec["workers"] = 0
-    rejected = kubectl("apply", "-f", "-", stdin=yaml.safe_dump(invalid), check=False)
+    rejected = run(kubectl, "apply", "-f", "-", stdin=yaml.safe_dump(invalid), check=False)
     assert rejected.returncode != 0
     assert "spec.workers" in rejected.stderr
 
 
 def test_deleting_an_owner_garbage_collects_what_it_owns(
-    api: client.ApiClient, core: client.CoreV1Api, namespace: str
+    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str
 ) -> None:
     owner = kube.as_dict(
-        api,
+        api_client,
         core.create_namespaced_config_map(
             namespace, kube.model(client.V1ConfigMap, {"metadata": {"name": "owner"}})
         ),

@@ -40,7 +40,7 @@ time.sleep(3)  # keep serving while the other side connects
 
 
 def test_two_pods_behind_a_headless_service_reach_each_other_by_dns_name(
-    api: client.ApiClient, core: client.CoreV1Api, namespace: str, devcluster: Layout
+    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str, devcluster: Layout
 ) -> None:
     core.create_namespaced_service(
         namespace,
@@ -94,7 +94,7 @@ def test_two_pods_behind_a_headless_service_reach_each_other_by_dns_name(
         )
 
     def ended(name: str) -> kube.Obj | None:
-        pod = read_pod(api, core, name, namespace)
+        pod = read_pod(api_client, core, name, namespace)
         return pod if pod and pod["status"].get("phase") in ("Succeeded", "Failed") else None
 
     ips = set()

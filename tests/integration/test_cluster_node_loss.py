@@ -17,28 +17,28 @@ pytestmark = pytest.mark.integration
 NODE = "llmjob-node-1"
 
 
-def ready_status(api: client.ApiClient, core: client.CoreV1Api) -> str:
-    node = kube.as_dict(api, core.read_node(NODE))
+def ready_status(api_client: client.ApiClient, core: client.CoreV1Api) -> str:
+    node = kube.as_dict(api_client, core.read_node(NODE))
     return str(next(c["status"] for c in node["status"]["conditions"] if c["type"] == "Ready"))
 
 
 @pytest.fixture
 def lost_marker(
-    devcluster: Layout, api: client.ApiClient, core: client.CoreV1Api
+    devcluster: Layout, api_client: client.ApiClient, core: client.CoreV1Api
 ) -> Iterator[Path]:
     marker = devcluster.control_dir / f"lost-{NODE}"
     yield marker
     marker.unlink(missing_ok=True)
 
     def healthy_again() -> bool:
-        node = kube.as_dict(api, core.read_node(NODE))
-        return ready_status(api, core) == "True" and not node["spec"].get("taints")
+        node = kube.as_dict(api_client, core.read_node(NODE))
+        return ready_status(api_client, core) == "True" and not node["spec"].get("taints")
 
     wait_for(healthy_again, 60, f"{NODE} to be Ready and untainted again")
 
 
 def test_a_lost_node_goes_not_ready_and_its_pods_are_evicted(
-    api: client.ApiClient, core: client.CoreV1Api, namespace: str, lost_marker: Path
+    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str, lost_marker: Path
 ) -> None:
     core.create_namespaced_pod(
         namespace,
@@ -61,7 +61,7 @@ def test_a_lost_node_goes_not_ready_and_its_pods_are_evicted(
     )
     wait_for(
         lambda: (
-            (read_pod(api, core, "doomed", namespace) or {}).get("status", {}).get("phase")
+            (read_pod(api_client, core, "doomed", namespace) or {}).get("status", {}).get("phase")
             == "Running"
         ),
         60,
@@ -70,10 +70,12 @@ def test_a_lost_node_goes_not_ready_and_its_pods_are_evicted(
 
     lost_marker.touch()
 
-    wait_for(lambda: ready_status(api, core) == "Unknown", 60, f"{NODE} to go NotReady (Unknown)")
+    wait_for(
+        lambda: ready_status(api_client, core) == "Unknown", 60, f"{NODE} to go NotReady (Unknown)"
+    )
 
     def evicted() -> kube.Obj | None:
-        pod = read_pod(api, core, "doomed", namespace)
+        pod = read_pod(api_client, core, "doomed", namespace)
         return pod if pod is not None and pod["metadata"].get("deletionTimestamp") else None
 
     pod = wait_for(evicted, 60, "the taint eviction of the pod")
@@ -82,4 +84,6 @@ def test_a_lost_node_goes_not_ready_and_its_pods_are_evicted(
 
     lost_marker.unlink()
     # Back on its feet, the node's agent finishes the eviction the way a kubelet does.
-    wait_for(lambda: read_pod(api, core, "doomed", namespace) is None, 60, "the pod to be gone")
+    wait_for(
+        lambda: read_pod(api_client, core, "doomed", namespace) is None, 60, "the pod to be gone"
+    )

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.integration
 GPU = "nvidia.com/gpu"
 
 
-def ready_nodes(api: client.ApiClient, core: client.CoreV1Api) -> list[kube.Obj]:
-    nodes = kube.as_dict(api, core.list_node())["items"]
+def ready_nodes(api_client: client.ApiClient, core: client.CoreV1Api) -> list[kube.Obj]:
+    nodes = kube.as_dict(api_client, core.list_node())["items"]
     return [
         node
         for node in nodes
@@ -23,10 +23,10 @@ def ready_nodes(api: client.ApiClient, core: client.CoreV1Api) -> list[kube.Obj]
 
 
 def test_two_nodes_are_ready_with_gpu_capacity(
-    api: client.ApiClient, core: client.CoreV1Api
+    api_client: client.ApiClient, core: client.CoreV1Api
 ) -> None:
-    wait_for(lambda: len(ready_nodes(api, core)) >= 2, 30, "2 Ready nodes")
-    nodes = ready_nodes(api, core)
+    wait_for(lambda: len(ready_nodes(api_client, core)) >= 2, 30, "2 Ready nodes")
+    nodes = ready_nodes(api_client, core)
     assert len(nodes) == 2
     for node in nodes:
         assert int(node["status"]["capacity"][GPU]) > 0
@@ -35,9 +35,9 @@ def test_two_nodes_are_ready_with_gpu_capacity(
 
 
 def test_pod_asking_for_more_gpus_than_any_node_has_stays_pending(
-    api: client.ApiClient, core: client.CoreV1Api, namespace: str
+    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str
 ) -> None:
-    most = max(int(node["status"]["capacity"][GPU]) for node in ready_nodes(api, core))
+    most = max(int(node["status"]["capacity"][GPU]) for node in ready_nodes(api_client, core))
     too_many = str(most + 1)
     pod = {
         "metadata": {"name": "greedy"},
@@ -55,7 +55,7 @@ def test_pod_asking_for_more_gpus_than_any_node_has_stays_pending(
     core.create_namespaced_pod(namespace, kube.model(client.V1Pod, pod))
 
     def unschedulable() -> kube.Obj | None:
-        current = read_pod(api, core, "greedy", namespace)
+        current = read_pod(api_client, core, "greedy", namespace)
         assert current is not None
         for condition in (current.get("status") or {}).get("conditions") or []:
             if condition["type"] == "PodScheduled" and condition.get("reason") == "Unschedulable":
@@ -66,7 +66,7 @@ def test_pod_asking_for_more_gpus_than_any_node_has_stays_pending(
     condition = wait_for(unschedulable, 30, "the scheduler to give up on the pod")
     assert condition["status"] == "False"
     assert f"Insufficient {GPU}" in condition["message"]
-    current = read_pod(api, core, "greedy", namespace)
+    current = read_pod(api_client, core, "greedy", namespace)
     assert current is not None
     assert current["status"]["phase"] == "Pending"
     assert not current["spec"].get("nodeName")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -31,14 +32,14 @@ def create(core: client.CoreV1Api, namespace: str, manifest: kube.Obj) -> None:
 
 
 def phase_is(
-    api: client.ApiClient, core: client.CoreV1Api, name: str, namespace: str, *phases: str
+    api_client: client.ApiClient, core: client.CoreV1Api, name: str, namespace: str, *phases: str
 ) -> kube.Obj | None:
-    pod = read_pod(api, core, name, namespace)
+    pod = read_pod(api_client, core, name, namespace)
     return pod if pod is not None and pod.get("status", {}).get("phase") in phases else None
 
 
 def test_pod_reads_config_and_downward_api_writes_claim_and_fails_with_its_exit_code(
-    api: client.ApiClient, core: client.CoreV1Api, namespace: str
+    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str
 ) -> None:
     create(
         core,
@@ -107,7 +108,7 @@ def test_pod_reads_config_and_downward_api_writes_claim_and_fails_with_its_exit_
     )
 
     pod = wait_for(
-        lambda: phase_is(api, core, "writer", namespace, "Failed", "Succeeded"),
+        lambda: phase_is(api_client, core, "writer", namespace, "Failed", "Succeeded"),
         60,
         "the pod to end",
     )
@@ -116,15 +117,17 @@ def test_pod_reads_config_and_downward_api_writes_claim_and_fails_with_its_exit_
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] == 3
     assert terminated["reason"] == "Error"
-    claim = kube.as_dict(api, core.read_namespaced_persistent_volume_claim("results", namespace))
-    volume = kube.as_dict(api, core.read_persistent_volume(claim["spec"]["volumeName"]))
+    claim = kube.as_dict(
+        api_client, core.read_namespaced_persistent_volume_claim("results", namespace)
+    )
+    volume = kube.as_dict(api_client, core.read_persistent_volume(claim["spec"]["volumeName"]))
     written = Path(volume["spec"]["hostPath"]["path"]) / "out.txt"
     assert written.read_text() == "hello from writer as 1000\n"
     assert written.stat().st_gid == 2000
 
 
 def test_deleting_a_running_pod_sends_sigterm_then_sigkill_after_the_grace_period(
-    api: client.ApiClient, core: client.CoreV1Api, namespace: str, devcluster: Layout
+    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str, devcluster: Layout
 ) -> None:
     # Ignores SIGTERM (after saying so), so only SIGKILL can end it.
     script = (
@@ -159,7 +162,9 @@ def test_deleting_a_running_pod_sends_sigterm_then_sigkill_after_the_grace_perio
     deleted_at = time.monotonic()
     core.delete_namespaced_pod("stubborn", namespace)
     wait_for(
-        lambda: read_pod(api, core, "stubborn", namespace) is None, grace + 15, "the pod to go"
+        lambda: read_pod(api_client, core, "stubborn", namespace) is None,
+        grace + 15,
+        "the pod to go",
     )
     took = time.monotonic() - deleted_at
 
@@ -168,7 +173,7 @@ def test_deleting_a_running_pod_sends_sigterm_then_sigkill_after_the_grace_perio
 
 
 def test_a_pod_that_handles_sigterm_ends_before_its_grace_period(
-    api: client.ApiClient, core: client.CoreV1Api, namespace: str, devcluster: Layout
+    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str, devcluster: Layout
 ) -> None:
     script = "trap 'echo bye; exit 0' TERM; echo started; while true; do sleep 0.1; done"
     create(
@@ -189,13 +194,13 @@ def test_a_pod_that_handles_sigterm_ends_before_its_grace_period(
     )
     deleted_at = time.monotonic()
     core.delete_namespaced_pod("polite", namespace)
-    wait_for(lambda: read_pod(api, core, "polite", namespace) is None, 30, "the pod to go")
+    wait_for(lambda: read_pod(api_client, core, "polite", namespace) is None, 30, "the pod to go")
     assert time.monotonic() - deleted_at < 10
     assert "bye" in container_logs(devcluster, namespace, "polite", "main")
 
 
 def test_restart_policy_on_failure_restarts_until_the_container_succeeds(
-    api: client.ApiClient, core: client.CoreV1Api, namespace: str
+    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str
 ) -> None:
     # Fails on the first run, succeeds on the second: the emptyDir outlives restarts.
     script = "if [ -e /scratch/ran ]; then exit 0; fi; touch /scratch/ran; exit 1"
@@ -229,7 +234,7 @@ def test_restart_policy_on_failure_restarts_until_the_container_succeeds(
         },
     )
     pod = wait_for(
-        lambda: phase_is(api, core, "retry", namespace, "Succeeded", "Failed"), 60, "success"
+        lambda: phase_is(api_client, core, "retry", namespace, "Succeeded", "Failed"), 60, "success"
     )
     assert pod["status"]["phase"] == "Succeeded"
     status = pod["status"]["containerStatuses"][0]
@@ -240,7 +245,7 @@ def test_restart_policy_on_failure_restarts_until_the_container_succeeds(
 
 
 def test_readiness_follows_the_probe_and_kubectl_logs_reads_the_container(
-    api: client.ApiClient, core: client.CoreV1Api, namespace: str, kubectl: object
+    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str, kubectl: list[str]
 ) -> None:
     # Serves on its pod IP only after a delay: the pod is Running before it is Ready.
     script = (
@@ -278,14 +283,17 @@ def test_readiness_follows_the_probe_and_kubectl_logs_reads_the_container(
             },
         },
     )
-    running = wait_for(lambda: phase_is(api, core, "server", namespace, "Running"), 60, "Running")
+    running = wait_for(
+        lambda: phase_is(api_client, core, "server", namespace, "Running"), 60, "Running"
+    )
     assert not running["status"]["containerStatuses"][0]["ready"]
 
     def ready() -> bool:
-        pod = read_pod(api, core, "server", namespace)
+        pod = read_pod(api_client, core, "server", namespace)
         return pod is not None and pod["status"]["containerStatuses"][0]["ready"]
 
     wait_for(ready, 30, "the readiness probe to pass")
-    assert callable(kubectl)
-    logs = kubectl("logs", "-n", namespace, "server").stdout
+    logs = subprocess.run(
+        [*kubectl, "logs", "-n", namespace, "server"], capture_output=True, text=True, check=True
+    ).stdout
     assert logs == "warming up\nserving\n"
