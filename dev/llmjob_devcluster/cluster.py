@@ -229,8 +229,8 @@ def wait_healthy(
         time.sleep(0.2)
 
 
-def up(layout: Layout) -> bool:
-    """Starts whatever is not running; returns whether it started anything."""
+def up(layout: Layout) -> None:
+    """Starts whatever is not running (idempotent)."""
     started_at = time.monotonic()
     bin_dir = build_binaries(layout)
     certs.ensure_pki(
@@ -268,7 +268,6 @@ def up(layout: Layout) -> bool:
         wait_healthy(layout, name, process, timeout=120)
     verb = "started" if started_any else "already running"
     log(f"{verb} in {time.monotonic() - started_at:.1f}s; KUBECONFIG={layout.kubeconfig}")
-    return started_any
 
 
 def down(layout: Layout) -> None:
