@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import urllib3
 from kubernetes import client
 
 from llmjob_devcluster import kube, podprocs, podspec, processes
@@ -126,6 +127,7 @@ class PodWorker(threading.Thread):
         self.condition_times: dict[str, tuple[str, str]] = {}
         self.published: dict[str, Any] | None = None
         self.finished = False  # the pod reached Succeeded/Failed and its processes are gone
+        self.failure: str | None = None  # why the agent itself failed the pod
         self.shutdown = threading.Event()  # the agent stops: kill, but leave the API alone
         self.lost = threading.Event()  # the node is "lost": kill at once, touch nothing
         self.dir: Path = host.layout.pods_dir / self.uid
@@ -174,8 +176,14 @@ class PodWorker(threading.Thread):
             self._run()
         except PodStoppedError:
             pass
-        except Exception:
+        except Exception as error:
+            # A bug or an unusable spec: the pod fails visibly; it is not deleted behind the
+            # back of whoever owns it.
             log.exception("pod %s/%s: node agent error", self.namespace, self.pod_name)
+            self.phase = "Failed"
+            self.failure = f"node agent error: {error}"
+            with contextlib.suppress(PodStoppedError):
+                self._finish()
         finally:
             self._teardown()
 
@@ -255,6 +263,7 @@ class PodWorker(threading.Thread):
 
     def _wait_for_deletion(self) -> None:
         while not (self.deleting or self.shutdown.is_set() or self.lost.is_set()):
+            self.publish()  # in case the last update failed
             time.sleep(TICK_SECONDS * 5)
         self._check_stop()
 
@@ -330,7 +339,7 @@ class PodWorker(threading.Thread):
             return False
         try:
             self._start_container(container)
-        except ContainerConfigError as error:
+        except (ContainerConfigError, client.ApiException, urllib3.exceptions.HTTPError) as error:
             container.state = {
                 "waiting": {"reason": "CreateContainerConfigError", "message": str(error)}
             }
@@ -677,6 +686,11 @@ class PodWorker(threading.Thread):
                 target, source.get("items") or [], source.get("defaultMode", 0o644)
             )
             return
+        if "projected" not in volume:
+            kinds = sorted(volume.keys() - {"name"})
+            raise ValueError(
+                f"volume {volume['name']}: {kinds} is not supported by this node agent"
+            )
         projected = volume["projected"]
         mode = projected.get("defaultMode", 0o644)
         for source in projected.get("sources") or []:
@@ -757,7 +771,11 @@ class PodWorker(threading.Thread):
                         self._apply_fs_group(path, recursive=True)
                     sources[name] = path
                 break
-            except ContainerConfigError as error:
+            except (
+                ContainerConfigError,
+                client.ApiException,
+                urllib3.exceptions.HTTPError,
+            ) as error:
                 for container in self.init_containers[:1] or self.containers:
                     container.state = {
                         "waiting": {"reason": "ContainerCreating", "message": str(error)}
@@ -970,6 +988,9 @@ class PodWorker(threading.Thread):
             ],
             "containerStatuses": [self._container_status(c) for c in self.containers],
         }
+        if self.failure is not None:
+            status["reason"] = "NodeAgentError"
+            status["message"] = self.failure
         if self.ip is not None:
             status["podIP"] = self.ip
             status["podIPs"] = [{"ip": self.ip}]
@@ -995,6 +1016,6 @@ class PodWorker(threading.Thread):
                 _content_type="application/strategic-merge-patch+json",
             )
             self.published = status
-        except client.ApiException as error:
-            if not kube.is_status(error, 404, 409):
-                raise
+        except (client.ApiException, urllib3.exceptions.HTTPError) as error:
+            # Retried on the next change or tick; a pod that is gone shows up as DELETED.
+            log.warning("pod %s/%s: status update failed: %s", self.namespace, self.pod_name, error)
