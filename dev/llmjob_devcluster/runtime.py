@@ -67,6 +67,8 @@ class PodHost(Protocol):
 
     def allocate_ip(self, wanted: str | None) -> str: ...
 
+    def hosts_content(self, worker: PodWorker) -> str: ...
+
 
 class PodStoppedError(Exception):
     """The pod is being deleted, or the agent stops: leave the start sequence."""
@@ -195,7 +197,8 @@ class PodWorker(threading.Thread):
         if self.pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             self.phase = self.pod["status"]["phase"]
             self.finished = True
-            self._wait_for_deletion()
+            # Its status is final, written before this agent started: leave it as it is.
+            self._wait_for_deletion(publish=False)
             return
         self._check_stop()
         # A pod keeps its address for life, also across restarts of the node agent.
@@ -261,9 +264,10 @@ class PodWorker(threading.Thread):
         self._finish()
         return True
 
-    def _wait_for_deletion(self) -> None:
+    def _wait_for_deletion(self, publish: bool) -> None:
         while not (self.deleting or self.shutdown.is_set() or self.lost.is_set()):
-            self.publish()  # in case the last update failed
+            if publish:
+                self.publish()  # in case the last update failed
             time.sleep(TICK_SECONDS * 5)
         self._check_stop()
 
@@ -272,7 +276,7 @@ class PodWorker(threading.Thread):
         self._kill_all()
         self.finished = True
         self.publish()
-        self._wait_for_deletion()
+        self._wait_for_deletion(publish=True)
 
     def _run_init_container(self, container: Container) -> bool:
         """Runs an init container to success, retrying unless restartPolicy is Never."""
@@ -812,10 +816,8 @@ class PodWorker(threading.Thread):
     def _start_sandbox(self, mounts: list[dict[str, Any]], memory_dirs: dict[str, int]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         assert self.ip is not None
-        names = [self.hostname]
-        if self.subdomain:
-            names = podspec.dns_names(self.hostname, self.subdomain, self.namespace) + names
-        self.write_hosts(podspec.hosts_file(self.ip, names, []))
+        # Complete from the start: gang members look each other up as soon as they run.
+        self.write_hosts(self.host.hosts_content(self))
         (self.dir / "hostname").write_text(self.hostname + "\n")
         ready_file = self.dir / "sandbox-ready"
         ready_file.unlink(missing_ok=True)
