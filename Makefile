@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/dev
 export LLMJOB_CACHE
 
-.PHONY: help venv lint crds test test-unit cluster cluster-down
+.PHONY: help venv lint crds test test-unit cluster cluster-down bench-operator
 
 help:
 	@echo "make demo | test | test-unit | lint | crds | venv | cluster | cluster-down"
@@ -43,6 +43,10 @@ cluster: venv
 
 cluster-down: venv
 	$(DEVCLUSTER) down
+
+# Operator startup/recovery seconds for 1 and 20 jobs at once (stand-in workers).
+bench-operator: cluster
+	cd $(CURDIR) && $(PY) -m bench.operator_startup --jobs 20
 
 # Runs the whole suite on the local cluster; stops the cluster afterwards (also when a
 # test fails) unless it was already running before.

@@ -412,3 +412,13 @@ def test_stall_detection_waits_for_the_attempts_first_step() -> None:
         progress=TrainerProgress(error="connection refused"),
     )
     assert result.status.phase == "Running"
+
+
+def test_startup_is_timed_by_the_containers_even_when_seen_late() -> None:
+    gang = [
+        worker(0, "Succeeded", exit_code=0, started_at=ago(100)),
+        worker(1, "Succeeded", exit_code=0, started_at=ago(90)),
+    ]
+    result = run(status={"phase": "Pending", "attempt": 1}, workers=gang)
+    assert result.status.phase == "Succeeded"
+    assert [(t.metric, t.seconds) for t in result.timings] == [("startup", 510.0)]
