@@ -445,9 +445,9 @@ class _Planner:
             self.wake_in(TEARDOWN_POLL_SECONDS)
             return
         self.ensure_supporting_objects()
-        if self.status.running_time is None and len(current) == self.spec.workers:
-            if all(w.started for w in current):
-                self.mark_running(current)
+        gang_started = len(current) == self.spec.workers and all(w.started for w in current)
+        if self.status.running_time is None and gang_started:
+            self.mark_running(current)
         found = self.verdict_for_failures()
         if found is not None:
             self.handle_failure(*found)
