@@ -1,14 +1,13 @@
-"""Fixtures for tests against the local cluster: the operator running, the CRD installed."""
+"""Fixtures for tests against the local cluster: the operator running, the CRD installed.
+The cluster itself, clients, kubectl and namespaces come from tests/conftest.py."""
 
-import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from tests.integration.jobs import Jobs
 from tests.integration.operator_process import OperatorProcess
@@ -17,32 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def kubeconfig() -> Path:
-    return Path(os.environ.get("LLMJOB_KUBECONFIG", REPO / ".devcluster" / "kubeconfig"))
-
-
-@pytest.fixture(scope="session")
-def api_client(kubeconfig: Path) -> client.ApiClient:
-    return config.new_client_from_config(str(kubeconfig))
-
-
-@pytest.fixture(scope="session")
-def kubectl(kubeconfig: Path) -> list[str]:
-    return [str(kubeconfig.parent / "bin" / "kubectl"), f"--kubeconfig={kubeconfig}"]
-
-
-@pytest.fixture(scope="session")
 def venv_bin() -> str:
     return str(Path(sys.executable).parent)
-
-
-@pytest.fixture
-def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
-    core = client.CoreV1Api(api_client)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
 
 
 @pytest.fixture(scope="session")
