@@ -249,7 +249,10 @@ def generated_deepspeed_config(training: TrainConfig, world_size: int) -> dict[s
 
 # Defaults a user may override freely: the trainer prints its own log line, and
 # DeepSpeed's would interleave with it.
-_OVERRIDABLE_DEFAULTS: dict[str, Any] = {"steps_per_print": 2**31 - 1, "wall_clock_breakdown": False}
+_OVERRIDABLE_DEFAULTS: dict[str, Any] = {
+    "steps_per_print": 2**31 - 1,
+    "wall_clock_breakdown": False,
+}
 
 
 def deepspeed_config(

@@ -76,7 +76,9 @@ def read_header(path: Path, dtype: str | None) -> TokenHeader:
     else:
         if dtype is None:
             raise DataError(f"{path} has no header {side.name}; set data.dtype")
-        header = TokenHeader(dtype, path.stat().st_size // np.dtype(dtype).itemsize, None, None, None)
+        header = TokenHeader(
+            dtype, path.stat().st_size // np.dtype(dtype).itemsize, None, None, None
+        )
     expected_bytes = header.count * np.dtype(header.dtype).itemsize
     if path.stat().st_size != expected_bytes:
         raise DataError(

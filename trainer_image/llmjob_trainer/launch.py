@@ -16,6 +16,7 @@ then passes on), and this process exits with the trainer's code.
 
 import argparse
 import ipaddress
+import itertools
 import logging
 import os
 import signal
@@ -95,7 +96,9 @@ def cache_environment(env: dict[str, str]) -> dict[str, str]:
     """Caches (DeepSpeed's JIT ops, Triton, Hugging Face) in a writable place: pods run
     as a non-root user whose home may be read-only; the operator mounts a cache dir."""
     home_cache = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    root = Path(env.get("LLMJOB_CACHE_DIR") or (home_cache if writable(home_cache) else "/tmp/llmjob-cache"))
+    root = Path(
+        env.get("LLMJOB_CACHE_DIR") or (home_cache if writable(home_cache) else "/tmp/llmjob-cache")
+    )
     defaults = {
         "TORCH_EXTENSIONS_DIR": str(root / "torch_extensions"),
         "TRITON_CACHE_DIR": str(root / "triton"),
@@ -156,7 +159,7 @@ def training_processes(root: int) -> list[int]:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if (b"-m", TRAINING_MODULE.encode()) in zip(argv, argv[1:], strict=False):
+        if (b"-m", TRAINING_MODULE.encode()) in itertools.pairwise(argv):
             pids.append(pid)
     return pids
 
@@ -168,14 +171,22 @@ def exit_code(returncode: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmjob-launch", description=__doc__.split("\n")[0])
     env = os.environ
-    parser.add_argument("--hostfile", type=Path, default=env.get("LLMJOB_HOSTFILE", DEFAULT_HOSTFILE))
+    parser.add_argument(
+        "--hostfile", type=Path, default=env.get("LLMJOB_HOSTFILE", DEFAULT_HOSTFILE)
+    )
     parser.add_argument("--config", type=Path, help="train.json; default: beside the hostfile")
     parser.add_argument("--deepspeed-config", type=Path, help="default: ds_config.json beside it")
-    parser.add_argument("--worker-index", type=int, default=int(env.get("LLMJOB_WORKER_INDEX", "0")))
+    parser.add_argument(
+        "--worker-index", type=int, default=int(env.get("LLMJOB_WORKER_INDEX", "0"))
+    )
     parser.add_argument("--host", default=socket.gethostname(), help="this pod's hostfile name")
-    parser.add_argument("--master-port", type=int, default=int(env.get("LLMJOB_MASTER_PORT", "29500")))
+    parser.add_argument(
+        "--master-port", type=int, default=int(env.get("LLMJOB_MASTER_PORT", "29500"))
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
+    )
     config = args.config or args.hostfile.with_name("train.json")
     ds_config = args.deepspeed_config or args.hostfile.with_name("ds_config.json")
     try:
@@ -187,10 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     train_args = ["--config", str(config)]
     if ds_config.is_file():
         train_args += ["--deepspeed-config", str(ds_config)]
-    command = launcher_command(args.hostfile, args.worker_index, hosts[0][0], args.master_port, train_args)
+    command = launcher_command(
+        args.hostfile, args.worker_index, hosts[0][0], args.master_port, train_args
+    )
     log.info(
         "attempt %s, node rank %d of %d, master %s:%d",
-        env.get("LLMJOB_ATTEMPT", "0"), args.worker_index, len(hosts), hosts[0][0], args.master_port,
+        env.get("LLMJOB_ATTEMPT", "0"), args.worker_index, len(hosts), hosts[0][0],
+        args.master_port,
     )  # fmt: skip
     launcher = subprocess.Popen(command, env=cache_environment(dict(env)), start_new_session=True)
     stopped_before_training = False

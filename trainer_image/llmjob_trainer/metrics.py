@@ -8,7 +8,13 @@ whose peak is known: absent rather than invented.
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 
 PREFIX = "llmjob_trainer"
 
@@ -51,7 +57,10 @@ class TrainerMetrics:
         self.world_size = gauge("world_size", "Ranks in the run.")
         self.attempt = gauge("attempt", "The operator's attempt number of this gang.")
         self.tokens = Counter(
-            f"{PREFIX}_tokens", "Tokens trained on since the run began.", labels, registry=self.registry
+            f"{PREFIX}_tokens",
+            "Tokens trained on since the run began.",
+            labels,
+            registry=self.registry,
         ).labels(job)
         self._server: ThreadingHTTPServer | None = None
 

@@ -13,21 +13,25 @@ from llmjob_trainer.presets import MODEL_PRESETS
 def build_model(spec: ModelConfig, seed: int) -> PreTrainedModel:
     """The model in fp32 on the CPU (DeepSpeed moves and casts it); same weights for a seed."""
     torch.manual_seed(seed)
+    model: PreTrainedModel
     try:
         if spec.preset is not None:
             preset = MODEL_PRESETS[spec.preset]
             config = AutoConfig.for_model(preset.model_type, **{**preset.config, **spec.config})
-            model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+            model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+                config, attn_implementation="sdpa"
+            )
         else:
             # path or hubId: a local directory never touches the network.
             source = spec.path or spec.hub_id
+            assert source is not None  # ModelConfig requires exactly one source
             model = AutoModelForCausalLM.from_pretrained(
                 source, attn_implementation="sdpa", dtype=torch.float32, **spec.config
             )
     except (OSError, TypeError, ValueError) as err:
         raise ConfigError(f"cannot build the model from model {_describe(spec)}: {err}") from err
     if spec.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable()  # type: ignore[no-untyped-call]
     return model
 
 
@@ -36,7 +40,9 @@ def _describe(spec: ModelConfig) -> str:
 
 
 def vocab_size(model: PreTrainedModel) -> int:
-    return int(model.get_input_embeddings().weight.shape[0])
+    embeddings = model.get_input_embeddings()
+    assert isinstance(embeddings, torch.nn.Embedding)
+    return embeddings.num_embeddings
 
 
 def flops_per_token(config: PretrainedConfig, parameters: int, seq_len: int) -> float:

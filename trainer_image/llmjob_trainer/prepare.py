@@ -57,12 +57,12 @@ def byte_level_tokenizer() -> Any:
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    vocab = {char: byte for byte, char in bytes_to_unicode().items()}
+    vocab = {char: byte for byte, char in bytes_to_unicode().items()}  # type: ignore[no-untyped-call]
     vocab[EOS_TEXT] = BYTE_EOS
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TEXT)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TEXT)  # type: ignore[no-untyped-call]
 
 
 def prepare(
@@ -75,7 +75,12 @@ def prepare(
     """Writes out/train.bin and out/val.bin; returns the token count of each."""
     encode: Callable[[str], list[int]]
     if tokenizer_dir is None:
-        encode, vocab_size, eos, tokenizer_name = byte_encoder, BYTE_EOS + 1, BYTE_EOS, BYTE_TOKENIZER
+        encode, vocab_size, eos, tokenizer_name = (
+            byte_encoder,
+            BYTE_EOS + 1,
+            BYTE_EOS,
+            BYTE_TOKENIZER,
+        )
     else:
         from transformers import AutoTokenizer
 

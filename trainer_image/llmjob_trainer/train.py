@@ -28,7 +28,6 @@ import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from pydantic import ValidationError
 
 from llmjob_trainer.checkpoint import Checkpointer, inject_fault
@@ -79,7 +78,7 @@ def make_optimizer(model: torch.nn.Module, training: TrainConfig) -> torch.optim
 def causal_lm_loss(model: Any, windows: torch.Tensor) -> torch.Tensor:
     """Next-token cross entropy over windows of seqLen + 1 tokens."""
     logits = model(input_ids=windows[:, :-1], use_cache=False).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), windows[:, 1:].flatten())
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), windows[:, 1:].flatten())
 
 
 class StopRequest:
@@ -200,7 +199,9 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
         sampler.load_state_dict(state["llmjob"]["sampler"])
         log.info("resumed at step %d from %s", step, run.checkpoint.dir)
     val_batches = (
-        validation_windows(val_windows, training.eval_batches, training.micro_batch_size, rank, world_size)
+        validation_windows(
+            val_windows, training.eval_batches, training.micro_batch_size, rank, world_size
+        )
         if val_windows
         else []
     )
@@ -266,7 +267,7 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
         loss_mean, stop_votes = summary[0].item() / world_size, summary[1].item()
         step_seconds = time.perf_counter() - step_started
 
-        lr = scheduler.get_last_lr()[0]
+        lr = float(scheduler.get_last_lr()[0])
         grad_norm = float(engine.get_global_grad_norm() or 0.0)
         metrics.step.set(step)
         metrics.loss.set(loss_mean)
@@ -292,10 +293,17 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
         inject_fault("after-step", step)
 
         last = step == training.max_steps
-        if val_batches and (last or (training.eval_interval_steps and step % training.eval_interval_steps == 0)):
+        if val_batches and (
+            last or (training.eval_interval_steps and step % training.eval_interval_steps == 0)
+        ):
             val_loss = validation_loss(engine, val_windows, val_batches)  # type: ignore[arg-type]
             metrics.validation_loss.set(val_loss)
-            log.info("step %d | validation loss %.4f | perplexity %.2f", step, val_loss, math.exp(val_loss))
+            log.info(
+                "step %d | validation loss %.4f | perplexity %.2f",
+                step,
+                val_loss,
+                math.exp(val_loss),
+            )
         if last or stop_votes or step % run.checkpoint.interval_steps == 0:
             commit()
         if stop_votes and not last:
@@ -311,7 +319,8 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
 
 def one_line(err: ValidationError) -> str:
     return "; ".join(
-        f"{'.'.join(str(part) for part in e['loc']) or 'train.json'}: {e['msg']}" for e in err.errors()
+        f"{'.'.join(str(part) for part in e['loc']) or 'train.json'}: {e['msg']}"
+        for e in err.errors()
     )
 
 
