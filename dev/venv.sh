@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates or reuses the project's virtualenv (outside the repo tree) and prints its path last.
-# Dependencies are reinstalled only when pyproject.toml or constraints.txt change. The project is
-# installed once, editable, for its console scripts; the Makefile puts the running checkout's
+# Dependencies are reinstalled only when pyproject.toml or constraints.txt change, with the project
+# itself editable for its console scripts; the Makefile puts the running checkout's
 # sources first on PYTHONPATH, so several checkouts (CI's clone, worktrees) share one venv.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,11 +19,8 @@ deps_key=$(cat "$repo/pyproject.toml" "$repo/constraints.txt" | sha256sum | cut 
 stamp=$venv/.llmjob-deps
 if [[ ! -f $stamp || $(cat "$stamp") != "$deps_key" ]]; then
   echo "installing dependencies into $venv (the first time downloads torch: a few minutes)" >&2
-  "$venv/bin/pip" install --progress-bar off -c "$repo/constraints.txt" "$repo[operator,trainer,dev]" >&2
+  "$venv/bin/pip" install --progress-bar off -c "$repo/constraints.txt" -e "$repo[operator,trainer,dev]" >&2
   echo "$deps_key" >"$stamp"
 fi
 
-if [[ ! -x $venv/bin/llmjob-train ]]; then
-  "$venv/bin/pip" install -q --no-deps -e "$repo" >&2
-fi
 echo "$venv"

@@ -1,0 +1,573 @@
+"""The LLMTrainingJob API (training.llmjob.dev/v1alpha1): the single source of its schema.
+
+`crd.py` generates the CustomResourceDefinition from these models, and the operator
+validates every job with them. The model, data and training sections are the
+trainer's own models, so both sides accept exactly the same thing.
+CEL rules in `json_schema_extra` repeat a pydantic rule where the API server can
+check it at admission; the pydantic validator stays the authority.
+"""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from llmjob_trainer.config import (
+    ApiModel,
+    CheckpointConfig,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    deepspeed_config,
+)
+
+GROUP = "training.llmjob.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "LLMTrainingJob"
+PLURAL = "llmtrainingjobs"
+
+# The longest job name whose worker hostnames `<job>-worker-<index>` stay DNS labels (63).
+MAX_JOB_NAME_LENGTH = 50
+JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+GPU_RESOURCE = "nvidia.com/gpu"
+# Volume names and paths the operator mounts into every worker; user volumes must not clash.
+RESERVED_VOLUME_NAMES = frozenset({"llmjob-config", "checkpoints", "dshm", "tmp", "cache"})
+RESERVED_MOUNT_PATHS = frozenset({"/etc/llmjob", "/dev/shm", "/tmp", "/cache"})
+RESERVED_ENV_PREFIX = "LLMJOB_"
+
+# A Kubernetes resource quantity: an integer, or a string such as "500m", "64Gi" or "1e3".
+QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+Quantity = int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
+
+
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+class ResourceSpec(ApiModel):
+    """CPU and memory for each worker, besides GPUs (set those with gpusPerWorker)."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="Minimum resources, e.g. {cpu: 8, memory: 64Gi}."
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, description="Maximum resources, e.g. {memory: 128Gi}."
+    )
+
+    @model_validator(mode="after")
+    def _no_gpus_here(self) -> Self:
+        for section in ("requests", "limits"):
+            if GPU_RESOURCE in getattr(self, section):
+                raise ValueError(
+                    f"resources.{section} must not name {GPU_RESOURCE}; set gpusPerWorker instead"
+                )
+        return self
+
+
+class CheckpointSpec(ApiModel):
+    """Where checkpoints are committed, how often, and how many are kept."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "has(self.claimName) != has(self.size)",
+                "set exactly one of checkpoint.claimName (an existing PVC) and checkpoint.size "
+                "(a PVC the operator creates)",
+            ),
+        )
+    )
+
+    claim_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="An existing PersistentVolumeClaim to hold checkpoints (ReadWriteMany when "
+        "workers > 1). Exactly one of claimName and size.",
+    )
+    size: Quantity | None = Field(
+        default=None,
+        description="Size of a PersistentVolumeClaim `<job>-checkpoints` the operator creates. "
+        "Exactly one of claimName and size.",
+    )
+    storage_class_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="StorageClass of the created claim; the cluster's default class if omitted.",
+    )
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = Field(
+        default="ReadWriteMany",
+        description="Access mode of the created claim; all workers write shards to it.",
+    )
+    reclaim_policy: Literal["Retain", "Delete"] = Field(
+        default="Retain",
+        description="Retain keeps the created claim (and the checkpoints) when the job is "
+        "deleted; Delete lets it be garbage-collected with the job.",
+    )
+    mount_path: str = Field(
+        default="/checkpoints",
+        pattern=r"^/.*",
+        description="Where the claim is mounted in workers; checkpoints go to "
+        "<mountPath>/<job name>.",
+    )
+    interval_steps: int = Field(default=100, ge=1, description="Commit every N steps.")
+    keep_last: int = Field(default=3, ge=1, description="Committed checkpoints to keep (>= 1).")
+    resume: Literal["Auto", "Never"] = Field(
+        default="Auto",
+        description="Auto resumes from the newest committed checkpoint; Never starts over.",
+    )
+    save_timeout_seconds: int = Field(
+        default=600,
+        ge=30,
+        le=86400,
+        description="Time a worker gets after SIGTERM to finish its step and commit a "
+        "checkpoint: the pods' terminationGracePeriodSeconds.",
+    )
+
+    @model_validator(mode="after")
+    def _one_claim(self) -> Self:
+        if (self.claim_name is None) == (self.size is None):
+            raise ValueError(
+                "set exactly one of checkpoint.claimName (an existing PVC) and "
+                "checkpoint.size (a PVC the operator creates)"
+            )
+        if self.storage_class_name is not None and self.claim_name is not None:
+            raise ValueError(
+                "checkpoint.storageClassName applies only to a created claim (checkpoint.size); "
+                "drop it or use size instead of claimName"
+            )
+        return self
+
+
+class ExitCodeRule(ApiModel):
+    """Matches a worker's container exit code."""
+
+    operator: Literal["In", "NotIn"] = Field(description="In or NotIn the values.")
+    values: list[int] = Field(
+        min_length=1, max_length=255, description="Exit codes, 0 to 255, without repeats."
+    )
+
+    @field_validator("values")
+    @classmethod
+    def _exit_codes(cls, values: list[int]) -> list[int]:
+        if any(v < 0 or v > 255 for v in values):
+            raise ValueError("failurePolicy.rules[].onExitCodes.values must be within 0..255")
+        if len(set(values)) != len(values):
+            raise ValueError("failurePolicy.rules[].onExitCodes.values must not repeat a code")
+        return values
+
+
+FailureAction = Literal["FailJob", "RestartJob", "RestartJobNotCounted"]
+
+
+class FailureRule(ApiModel):
+    """One rule of the failure policy; the first matching rule decides."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "has(self.onExitCodes) != has(self.onPodConditions)",
+                "set exactly one of onExitCodes and onPodConditions in a failure rule",
+            ),
+        )
+    )
+
+    action: FailureAction = Field(
+        description="FailJob ends the job; RestartJob restarts the gang and counts against "
+        "maxRestarts; RestartJobNotCounted restarts without counting (disruptions)."
+    )
+    on_exit_codes: ExitCodeRule | None = Field(
+        default=None, description="Match the failed worker's exit code."
+    )
+    on_pod_conditions: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Match a pod condition type that is True on the failed worker, e.g. "
+        "DisruptionTarget (preemption, eviction, node loss).",
+    )
+
+    @model_validator(mode="after")
+    def _one_matcher(self) -> Self:
+        if (self.on_exit_codes is None) == (self.on_pod_conditions is None):
+            raise ValueError(
+                "set exactly one of onExitCodes and onPodConditions in a failurePolicy rule"
+            )
+        return self
+
+
+class FailurePolicy(ApiModel):
+    """How failures, hangs and scheduling delays are handled."""
+
+    max_restarts: int = Field(
+        default=3, ge=0, le=1000, description="Counted gang restarts before the job fails."
+    )
+    backoff_seconds: int = Field(
+        default=10, ge=0, le=3600, description="Wait before the first restart; doubles after."
+    )
+    max_backoff_seconds: int = Field(
+        default=300, ge=0, le=86400, description="Upper bound of the restart backoff."
+    )
+    stall_timeout_seconds: int = Field(
+        default=900,
+        ge=0,
+        description="Restart the gang (reason Stalled) when the training step does not advance "
+        "for this long; 0 disables hang detection.",
+    )
+    scheduling_timeout_seconds: int = Field(
+        default=0,
+        ge=0,
+        description="Report workers unschedulable for this long (condition and event); 0 waits "
+        "forever without reporting.",
+    )
+    fail_on_scheduling_timeout: bool = Field(
+        default=False,
+        description="Fail the job (reason Unschedulable) when schedulingTimeoutSeconds passes.",
+    )
+    rules: list[FailureRule] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Ordered rules tried before the defaults (exit 2 and 3 fail the job, 143 and "
+        "DisruptionTarget restart uncounted, anything else restarts counted).",
+    )
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Self:
+        if self.max_backoff_seconds < self.backoff_seconds:
+            raise ValueError(
+                f"failurePolicy.maxBackoffSeconds ({self.max_backoff_seconds}) must be at least "
+                f"failurePolicy.backoffSeconds ({self.backoff_seconds})"
+            )
+        if self.fail_on_scheduling_timeout and self.scheduling_timeout_seconds == 0:
+            raise ValueError(
+                "failurePolicy.failOnSchedulingTimeout needs failurePolicy.schedulingTimeoutSeconds"
+                " > 0"
+            )
+        return self
+
+
+class RunPolicy(ApiModel):
+    """Suspension, deadlines and clean-up."""
+
+    suspend: bool = Field(
+        default=False,
+        description="True stops the workers (they checkpoint on SIGTERM); false resumes.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fail the job (DeadlineExceeded) after this much running time; time "
+        "suspended does not count.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the job this long after it succeeds or fails."
+    )
+    clean_pod_policy: Literal["All", "Running", "None"] = Field(
+        default="Running",
+        description="Which worker pods are deleted when the job finishes: All, Running (still "
+        "running ones) or None.",
+    )
+
+
+class SchedulingSpec(ApiModel):
+    """Where the workers may run; passed to every worker pod."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod nodeSelector.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Pod tolerations (core/v1 Toleration)."
+    )
+    affinity: dict[str, Any] = Field(
+        default_factory=dict, description="Pod affinity (core/v1 Affinity)."
+    )
+    priority_class_name: str | None = Field(
+        default=None, min_length=1, description="PriorityClass of the workers."
+    )
+    scheduler_name: str | None = Field(
+        default=None, min_length=1, description="Scheduler for the workers, e.g. a gang scheduler."
+    )
+
+
+def _named(items: list[dict[str, Any]], field: str) -> list[str]:
+    names: list[str] = []
+    for index, item in enumerate(items):
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{field}[{index}].name is required")
+        names.append(name)
+    return names
+
+
+class LLMTrainingJobSpec(ApiModel):
+    """What to train and how to run it."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.gpusPerWorker == 0 || !has(self.procsPerWorker) "
+                "|| self.procsPerWorker == self.gpusPerWorker",
+                "procsPerWorker applies when gpusPerWorker is 0 (one process per GPU otherwise)",
+            ),
+            (
+                "!has(self.training) || !has(self.training.globalBatchSize) "
+                "|| self.training.globalBatchSize == self.training.microBatchSize "
+                "* self.training.gradientAccumulationSteps * self.workers "
+                "* (self.gpusPerWorker > 0 ? self.gpusPerWorker "
+                ": (has(self.procsPerWorker) ? self.procsPerWorker : 1))",
+                "training.globalBatchSize must equal microBatchSize x gradientAccumulationSteps "
+                "x workers x processes per worker",
+            ),
+        )
+    )
+
+    image: str | None = Field(
+        default=None, min_length=1, description="Trainer image; the operator's default if omitted."
+    )
+    workers: int = Field(
+        default=1, ge=1, le=4096, description="Worker pods (DeepSpeed nodes) in the gang."
+    )
+    gpus_per_worker: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="nvidia.com/gpu request and limit of each worker, and its hostfile slots; "
+        "0 runs on CPU.",
+    )
+    procs_per_worker: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Training processes per worker when gpusPerWorker is 0 (default 1).",
+    )
+    resources: ResourceSpec = Field(
+        default_factory=ResourceSpec, description="CPU and memory of each worker."
+    )
+    model: ModelConfig = Field(description="The model to train.")
+    data: DataConfig = Field(description="The tokenized data (see llmjob-prepare).")
+    training: TrainConfig = Field(
+        default_factory=TrainConfig, description="Optimisation: steps, batch, schedule, ZeRO."
+    )
+    deepspeed: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Raw DeepSpeed config merged over the generated one; a key that contradicts "
+        "a value generated from training is rejected.",
+    )
+    checkpoint: CheckpointSpec = Field(description="Checkpoint storage and cadence.")
+    failure_policy: FailurePolicy = Field(
+        default_factory=FailurePolicy, description="Restarts, backoff, hang detection."
+    )
+    run_policy: RunPolicy = Field(
+        default_factory=RunPolicy, description="Suspend, deadline, TTL, pod clean-up."
+    )
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec, description="Node selection and priority."
+    )
+    volumes: list[dict[str, Any]] = Field(
+        default_factory=list, description="Extra pod volumes (core/v1 Volume) for every worker."
+    )
+    volume_mounts: list[dict[str, Any]] = Field(
+        default_factory=list, description="Extra volume mounts (core/v1 VolumeMount)."
+    )
+    env: list[dict[str, Any]] = Field(
+        default_factory=list, description="Extra environment variables (core/v1 EnvVar)."
+    )
+    command: list[str] = Field(
+        default_factory=list,
+        description="Your own training script, run by the DeepSpeed launcher on every slot "
+        "under the same contract (hostfile, env, exit codes) instead of the built-in trainer.",
+    )
+    args: list[str] = Field(default_factory=list, description="Arguments to command.")
+    metrics_port: int = Field(
+        default=9400, ge=1024, le=65535, description="Port of each worker's /metrics."
+    )
+
+    @property
+    def slots_per_worker(self) -> int:
+        """Training processes per worker: one per GPU, or procsPerWorker on CPU."""
+        if self.gpus_per_worker > 0:
+            return self.gpus_per_worker
+        return self.procs_per_worker or 1
+
+    @property
+    def world_size(self) -> int:
+        return self.workers * self.slots_per_worker
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.gpus_per_worker > 0 and self.procs_per_worker not in (None, self.gpus_per_worker):
+            raise ValueError(
+                f"procsPerWorker ({self.procs_per_worker}) applies only when gpusPerWorker is 0; "
+                f"with {self.gpus_per_worker} GPUs each worker runs one process per GPU"
+            )
+        if self.args and not self.command:
+            raise ValueError("args needs command (the script the arguments are for)")
+        self.training.check_world_size(self.world_size)
+        deepspeed_config(self.training, self.world_size, self.deepspeed)
+        self._check_passthrough()
+        self.run_config(job_name="validation")
+        return self
+
+    def _check_passthrough(self) -> None:
+        volume_names = _named(self.volumes, "volumes")
+        clash = RESERVED_VOLUME_NAMES.intersection(volume_names)
+        if clash:
+            raise ValueError(f"volumes: the name {sorted(clash)[0]!r} is reserved by the operator")
+        if len(set(volume_names)) != len(volume_names):
+            raise ValueError("volumes: names must be unique")
+        known = set(volume_names)
+        for index, mount in enumerate(self.volume_mounts):
+            name = mount.get("name")
+            if name not in known:
+                raise ValueError(f"volumeMounts[{index}].name {name!r} matches no entry in volumes")
+            path = mount.get("mountPath")
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ValueError(f"volumeMounts[{index}].mountPath must be an absolute path")
+            if path.rstrip("/") in RESERVED_MOUNT_PATHS | {self.checkpoint.mount_path}:
+                raise ValueError(
+                    f"volumeMounts[{index}].mountPath {path} is where the operator mounts its own "
+                    "volume; pick another path"
+                )
+        for name in _named(self.env, "env"):
+            if name.startswith(RESERVED_ENV_PREFIX):
+                raise ValueError(
+                    f"env: {name} uses the prefix {RESERVED_ENV_PREFIX} reserved by the operator"
+                )
+
+    def checkpoint_dir(self, job_name: str) -> str:
+        return f"{self.checkpoint.mount_path.rstrip('/')}/{job_name}"
+
+    def run_config(self, job_name: str) -> RunConfig:
+        """The trainer's train.json for this job."""
+        return RunConfig(
+            job_name=job_name,
+            model=self.model,
+            data=self.data,
+            training=self.training,
+            checkpoint=CheckpointConfig(
+                dir=self.checkpoint_dir(job_name),
+                interval_steps=self.checkpoint.interval_steps,
+                keep_last=self.checkpoint.keep_last,
+                resume=self.checkpoint.resume,
+            ),
+            metrics_port=self.metrics_port,
+        )
+
+
+Phase = Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+ConditionType = Literal["Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+
+
+class Condition(ApiModel):
+    """A metav1.Condition."""
+
+    type: str = Field(description="Created, Running, Restarting, Suspended, Succeeded or Failed.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason for the last transition.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: datetime = Field(description="When status last changed.")
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation the condition was set from."
+    )
+
+
+class WorkerCounts(ApiModel):
+    """Worker pods of the current attempt by state."""
+
+    total: int = Field(default=0, description="Workers in the gang.")
+    ready: int = Field(default=0, description="Workers whose pod is Ready.")
+    running: int = Field(default=0, description="Workers whose pod is Running.")
+    succeeded: int = Field(default=0, description="Workers that exited 0.")
+    failed: int = Field(default=0, description="Workers that failed.")
+    summary: str = Field(default="0/0", description="ready/total, for kubectl get.")
+
+
+class FailureRecord(ApiModel):
+    """The most recent worker failure."""
+
+    reason: str = Field(description="CamelCase classification, e.g. Error, OOMKilled, Stalled.")
+    message: str = Field(default="", description="Human-readable detail.")
+    worker: int | None = Field(default=None, description="Index of the failed worker.")
+    exit_code: int | None = Field(default=None, description="Container exit code, if any.")
+    time: datetime = Field(description="When the failure was observed.")
+
+
+class Progress(ApiModel):
+    """Training progress read from rank 0's /metrics."""
+
+    step: int = Field(default=0, description="Optimizer steps completed.")
+    max_steps: int = Field(default=0, description="training.maxSteps.")
+    loss: float | None = Field(default=None, description="Training loss of the last step.")
+    tokens_per_second: float | None = Field(default=None, description="Tokens per second.")
+    eta_seconds: int | None = Field(default=None, description="Estimated seconds to finish.")
+    updated_time: datetime | None = Field(default=None, description="When these were read.")
+    last_advance_time: datetime | None = Field(
+        default=None, description="When the operator last saw the step advance (hang detection)."
+    )
+
+
+class CheckpointStatus(ApiModel):
+    """The newest committed checkpoint."""
+
+    step: int = Field(description="Step of the newest committed checkpoint.")
+    tag: str | None = Field(default=None, description="Checkpoint tag (directory name).")
+    time: datetime | None = Field(default=None, description="When it was committed.")
+
+
+class LLMTrainingJobStatus(ApiModel):
+    """Observed state, written by the operator; the durable record of attempts and restarts."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: Phase | None = Field(default=None, description="Lifecycle phase.")
+    conditions: list[Condition] = Field(default_factory=list, description="Current conditions.")
+    observed_generation: int | None = Field(default=None, description="Last generation seen.")
+    attempt: int = Field(default=0, description="Current attempt (gang generation), from 1.")
+    restarts: int = Field(default=0, description="Restarts counted against maxRestarts.")
+    disruptions: int = Field(default=0, description="Restarts not counted (disruptions).")
+    workers: WorkerCounts = Field(default_factory=WorkerCounts, description="Worker counts.")
+    start_time: datetime | None = Field(default=None, description="When the job first ran.")
+    completion_time: datetime | None = Field(default=None, description="When it finished.")
+    last_failure: FailureRecord | None = Field(default=None, description="Last failure.")
+    progress: Progress | None = Field(default=None, description="Training progress.")
+    checkpoint: CheckpointStatus | None = Field(default=None, description="Newest checkpoint.")
+    attempt_start_time: datetime | None = Field(
+        default=None, description="When the current attempt's workers were created."
+    )
+    running_time: datetime | None = Field(
+        default=None, description="When every worker of the current attempt was first Running."
+    )
+    restart_after: datetime | None = Field(
+        default=None, description="Earliest time the next attempt starts (restart backoff)."
+    )
+    suspend_time: datetime | None = Field(
+        default=None, description="When the current suspension began."
+    )
+    suspended_seconds: int = Field(
+        default=0, description="Seconds spent suspended; not counted by activeDeadlineSeconds."
+    )
+
+
+class LLMTrainingJob(ApiModel):
+    """A DeepSpeed training run of a causal language model on a gang of worker pods."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra=_cel(
+            (
+                f"size(self.metadata.name) <= {MAX_JOB_NAME_LENGTH}",
+                f"metadata.name must be at most {MAX_JOB_NAME_LENGTH} characters so worker "
+                "hostnames stay DNS labels",
+            ),
+            (
+                f"self.metadata.name.matches('{JOB_NAME_PATTERN}')",
+                "metadata.name must be a DNS-1035 label (start with a letter) for the Service",
+            ),
+        ),
+    )
+
+    api_version: Literal["training.llmjob.dev/v1alpha1"] = Field(
+        default="training.llmjob.dev/v1alpha1", description="training.llmjob.dev/v1alpha1"
+    )
+    kind: Literal["LLMTrainingJob"] = Field(default="LLMTrainingJob", description="LLMTrainingJob")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
+    spec: LLMTrainingJobSpec = Field(description="What to train and how to run it.")
+    status: LLMTrainingJobStatus | None = Field(default=None, description="Observed state.")

@@ -1,0 +1,29 @@
+"""`llmjob-operator`: settings, logging, then kopf with our handlers."""
+
+import logging
+import sys
+
+import kopf
+
+from llmjob_operator import handlers
+from llmjob_operator.settings import parse_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    handlers.configure(settings)
+    kopf.run(
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""PURE: what the operator observed of a job's world, as plain values.
+
+`kube.py`/`progress.py` build these from API objects and /metrics; `policy` and
+`reconcile` decide from them. Keeping the parsing of a pod body here (not in kube.py)
+keeps it testable with plain dicts.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from llmjob_operator.render import ATTEMPT_LABEL, WORKER_INDEX_LABEL
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """One worker pod as the kubelet and API server reported it."""
+
+    name: str
+    index: int
+    attempt: int
+    phase: str
+    ready: bool = False
+    started: bool = False
+    deleting: bool = False
+    deletion_deadline: datetime | None = None
+    exit_code: int | None = None
+    terminated_reason: str | None = None
+    terminated_message: str | None = None
+    finished_at: datetime | None = None
+    true_conditions: frozenset[str] = frozenset()
+    unschedulable_message: str | None = None
+    status_reason: str | None = None
+    created: datetime | None = None
+    pod_ip: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.phase == "Failed"
+
+    @property
+    def succeeded(self) -> bool:
+        return self.phase == "Succeeded"
+
+
+def worker_state(pod: dict[str, Any]) -> WorkerState | None:
+    """Parse a worker pod body; None for a pod without our labels."""
+    meta = pod.get("metadata", {})
+    labels = meta.get("labels") or {}
+    if WORKER_INDEX_LABEL not in labels or ATTEMPT_LABEL not in labels:
+        return None
+    status = pod.get("status") or {}
+    conditions = status.get("conditions") or []
+    true_conditions = frozenset(c["type"] for c in conditions if c.get("status") == "True")
+    unschedulable = next(
+        (
+            c.get("message") or c.get("reason") or "Unschedulable"
+            for c in conditions
+            if c.get("type") == "PodScheduled"
+            and c.get("status") == "False"
+            and c.get("reason") == "Unschedulable"
+        ),
+        None,
+    )
+    exit_code = reason = message = None
+    finished_at = None
+    started = False
+    for container in status.get("containerStatuses") or []:
+        state = container.get("state") or {}
+        if "running" in state:
+            started = True
+        terminated = state.get("terminated")
+        if terminated:
+            started = True
+            if exit_code is None or terminated.get("exitCode", 0) != 0:
+                exit_code = terminated.get("exitCode")
+                reason = terminated.get("reason")
+                message = terminated.get("message")
+                finished_at = parse_time(terminated.get("finishedAt"))
+    return WorkerState(
+        name=meta["name"],
+        index=int(labels[WORKER_INDEX_LABEL]),
+        attempt=int(labels[ATTEMPT_LABEL]),
+        phase=status.get("phase", "Pending"),
+        ready="Ready" in true_conditions,
+        started=started,
+        deleting=meta.get("deletionTimestamp") is not None,
+        deletion_deadline=parse_time(meta.get("deletionTimestamp")),
+        exit_code=exit_code,
+        terminated_reason=reason,
+        terminated_message=message,
+        finished_at=finished_at,
+        true_conditions=true_conditions,
+        unschedulable_message=unschedulable,
+        status_reason=status.get("reason"),
+        created=parse_time(meta.get("creationTimestamp")),
+        pod_ip=status.get("podIP"),
+    )
+
+
+@dataclass(frozen=True)
+class TrainerProgress:
+    """What rank 0's /metrics said, or why it could not be read."""
+
+    step: int | None = None
+    loss: float | None = None
+    tokens_per_second: float | None = None
+    last_checkpoint_step: int | None = None
+    last_checkpoint_time: datetime | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything plan() looks at besides the job's own spec and status."""
+
+    workers: list[WorkerState] = field(default_factory=list)
+    existing: frozenset[str] = frozenset()
+    """`Kind/name` of the non-pod objects the job owns (Service, ConfigMap, claim)."""
+    applied_hashes: dict[str, str] = field(default_factory=dict)
+    """`Kind/name` -> the spec hash annotation the object carries."""
+    progress: TrainerProgress | None = None

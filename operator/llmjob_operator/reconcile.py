@@ -1,0 +1,561 @@
+"""PURE: plan(job, desired, observed, now) -> the status to write and the actions to take.
+
+Level-based: the plan depends only on what is observed now and on the job's status
+(the durable record), never on memory of earlier passes. The executor writes the new
+status *before* acting, so a crash after the write repeats the actions (idempotent)
+and a crash before it repeats the whole decision; either way no restart is counted
+twice and no attempt's pods are created while an older attempt's still exist.
+"""
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from llmjob_operator.api import (
+    CheckpointStatus,
+    FailureRecord,
+    LLMTrainingJobSpec,
+    LLMTrainingJobStatus,
+    Phase,
+    Progress,
+    WorkerCounts,
+)
+from llmjob_operator.observe import Observed, TrainerProgress, WorkerState
+from llmjob_operator.policy import (
+    DISRUPTION_CONDITION,
+    Verdict,
+    backoff_seconds,
+    classify,
+    set_condition,
+    vanished_verdict,
+)
+from llmjob_operator.render import DesiredObjects, JobRef
+
+SPEC_HASH_ANNOTATION = "training.llmjob.dev/spec-hash"
+# A pod still Terminating this long after its deadline sits on a node that stopped
+# answering: its kubelet will never confirm, so the operator force-deletes it.
+STUCK_TERMINATION_MARGIN = timedelta(seconds=30)
+# How soon to look again while waiting for pods to go away (their events also wake us).
+TEARDOWN_POLL_SECONDS = 2.0
+
+DesiredFor = Callable[[int], DesiredObjects]
+"""The objects a job should own during a given attempt (a pure render, bound to the job)."""
+
+
+@dataclass(frozen=True)
+class JobView:
+    """The job as the executor read it."""
+
+    ref: JobRef
+    generation: int
+    created: datetime
+    spec: LLMTrainingJobSpec
+    status: LLMTrainingJobStatus
+
+
+@dataclass(frozen=True)
+class ApplyObject:
+    """Server-side apply of an owned object."""
+
+    body: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return object_key(self.body)
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    name: str
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    """TTL after finishing has passed."""
+
+
+Action = ApplyObject | DeletePod | DeleteJob
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A duration the operator measured, for its own metrics."""
+
+    metric: Literal["startup", "recovery", "fault_detection"]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    status: LLMTrainingJobStatus
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    timings: list[Timing] = field(default_factory=list)
+    restart_reasons: list[str] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+def object_key(body: dict[str, Any]) -> str:
+    return f"{body['kind']}/{body['metadata']['name']}"
+
+
+def spec_hash(body: dict[str, Any]) -> str:
+    content = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+    content["labels"] = body["metadata"].get("labels")
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def with_spec_hash(body: dict[str, Any]) -> dict[str, Any]:
+    metadata = dict(body["metadata"])
+    metadata["annotations"] = {
+        **metadata.get("annotations", {}),
+        SPEC_HASH_ANNOTATION: spec_hash(body),
+    }
+    return {**body, "metadata": metadata}
+
+
+class _Planner:
+    """Accumulates one plan; every method is pure over (job, desired, observed, now)."""
+
+    def __init__(
+        self, job: JobView, desired: DesiredFor, observed: Observed, now: datetime
+    ) -> None:
+        self.job = job
+        self.spec = job.spec
+        self.desired = desired
+        self.observed = observed
+        self.now = now
+        self.status = job.status.model_copy(update={"observed_generation": job.generation})
+        self.actions: list[Action] = []
+        self.events: list[Event] = []
+        self.timings: list[Timing] = []
+        self.restart_reasons: list[str] = []
+        self.requeue: list[float] = []
+
+    # -- building blocks ---------------------------------------------------------------
+
+    def update(self, **fields: Any) -> None:
+        self.status = self.status.model_copy(update=fields)
+
+    def condition(self, type_: str, status: bool, reason: str, message: str = "") -> None:
+        conditions = set_condition(
+            self.status.conditions, type_, status, reason, message, self.now, self.job.generation
+        )
+        self.update(conditions=conditions)
+
+    def condition_is(self, type_: str, reason: str | None = None) -> bool:
+        return any(
+            c.type == type_ and c.status == "True" and (reason is None or c.reason == reason)
+            for c in self.status.conditions
+        )
+
+    def transition(self, phase: Phase, reason: str, message: str, warning: bool = False) -> None:
+        if self.status.phase != phase:
+            self.events.append(Event("Warning" if warning else "Normal", reason, message))
+        self.update(phase=phase)
+
+    def wake_in(self, seconds: float) -> None:
+        self.requeue.append(max(seconds, 0.5))
+
+    def seconds_since(self, moment: datetime | None) -> float:
+        return (self.now - moment).total_seconds() if moment else 0.0
+
+    def current_workers(self) -> list[WorkerState]:
+        return [w for w in self.observed.workers if w.attempt == self.status.attempt]
+
+    def count_workers(self) -> None:
+        current = self.current_workers()
+        ready = sum(w.ready for w in current)
+        self.update(
+            workers=WorkerCounts(
+                total=self.spec.workers,
+                ready=ready,
+                running=sum(w.phase == "Running" for w in current),
+                succeeded=sum(w.succeeded for w in current),
+                failed=sum(w.failed for w in current),
+                summary=f"{ready}/{self.spec.workers}",
+            )
+        )
+
+    def ensure_supporting_objects(self) -> None:
+        """Claim, Service and ConfigMap: applied when missing or when their content changed."""
+        for body in self.desired(max(self.status.attempt, 1)).all:
+            if body["kind"] == "Pod":
+                continue
+            hashed = with_spec_hash(body)
+            key = object_key(body)
+            wanted = hashed["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+            if key not in self.observed.existing or self.observed.applied_hashes.get(key) != wanted:
+                self.actions.append(ApplyObject(hashed))
+
+    def create_missing_pods(self) -> None:
+        present = {w.index for w in self.current_workers()}
+        for index, body in enumerate(self.desired(self.status.attempt).pods):
+            if index not in present:
+                self.actions.append(ApplyObject(with_spec_hash(body)))
+
+    def delete_pods(self, workers: list[WorkerState]) -> None:
+        for worker in workers:
+            if not worker.deleting:
+                self.actions.append(DeletePod(worker.name))
+            elif self.stuck_terminating(worker):
+                self.actions.append(DeletePod(worker.name, force=True))
+
+    def stuck_terminating(self, worker: WorkerState) -> bool:
+        if worker.deletion_deadline is None or worker.ready:
+            return False
+        return self.now > worker.deletion_deadline + STUCK_TERMINATION_MARGIN
+
+    def start_attempt(self, attempt: int, message: str) -> None:
+        """Record the new attempt first; its pods are created by the same plan, after the write."""
+        self.update(
+            attempt=attempt,
+            attempt_start_time=self.now,
+            running_time=None,
+            restart_after=None,
+            progress=self.status.progress.model_copy(update={"last_advance_time": None})
+            if self.status.progress
+            else None,
+        )
+        self.update(phase="Pending")
+        self.events.append(Event("Normal", "AttemptStarted", message))
+        self.ensure_supporting_objects()
+        self.create_missing_pods()
+
+    def finish(self, phase: Literal["Succeeded", "Failed"], reason: str, message: str) -> None:
+        self.transition(phase, reason, message, warning=phase == "Failed")
+        self.update(completion_time=self.now, restart_after=None)
+        self.condition(phase, True, reason, message)
+        self.condition("Running", False, reason, message)
+        if self.condition_is("Restarting"):
+            self.condition("Restarting", False, reason, message)
+        self.clean_pods()
+
+    def clean_pods(self) -> None:
+        policy = self.spec.run_policy.clean_pod_policy
+        if policy == "None":
+            return
+        doomed = [
+            w
+            for w in self.observed.workers
+            if policy == "All" or w.phase in ("Pending", "Running", "Unknown")
+        ]
+        self.delete_pods(doomed)
+
+    # -- stages ------------------------------------------------------------------------
+
+    def finished(self) -> None:
+        self.clean_pods()
+        ttl = self.spec.run_policy.ttl_seconds_after_finished
+        if ttl is None or self.status.completion_time is None:
+            return
+        due = self.status.completion_time + timedelta(seconds=ttl)
+        if self.now >= due:
+            self.actions.append(DeleteJob())
+        else:
+            self.wake_in((due - self.now).total_seconds())
+
+    def deadline_exceeded(self) -> bool:
+        deadline = self.spec.run_policy.active_deadline_seconds
+        if deadline is None or self.status.start_time is None:
+            return False
+        suspended = self.status.suspended_seconds + self.seconds_since(self.status.suspend_time)
+        active = self.seconds_since(self.status.start_time) - suspended
+        if active >= deadline:
+            self.finish(
+                "Failed",
+                "DeadlineExceeded",
+                f"the job ran {int(active)}s, past runPolicy.activeDeadlineSeconds ({deadline}s)",
+            )
+            return True
+        if self.status.suspend_time is None:
+            self.wake_in(deadline - active)
+        return False
+
+    def suspend(self) -> None:
+        if self.status.phase != "Suspended":
+            self.transition("Suspended", "Suspended", "runPolicy.suspend is true: workers stopped")
+            self.update(suspend_time=self.now, restart_after=None)
+            self.condition("Suspended", True, "Suspended", "runPolicy.suspend is true")
+            self.condition("Running", False, "Suspended", "runPolicy.suspend is true")
+        self.delete_pods(self.observed.workers)
+
+    def resume(self) -> None:
+        """Suspended -> a new attempt, once the suspended gang is gone."""
+        if self.observed.workers:
+            self.delete_pods(self.observed.workers)
+            self.wake_in(TEARDOWN_POLL_SECONDS)
+            return
+        suspended = self.status.suspended_seconds + int(
+            self.seconds_since(self.status.suspend_time)
+        )
+        self.update(suspended_seconds=suspended, suspend_time=None)
+        if self.status.start_time is None:
+            self.update(start_time=self.now)
+        self.condition("Suspended", False, "Resumed", "runPolicy.suspend is false")
+        self.start_attempt(
+            self.status.attempt + 1, f"resumed: attempt {self.status.attempt + 1} started"
+        )
+
+    def restarting(self) -> None:
+        """Tear the old gang down completely, wait out the backoff, then start the next attempt."""
+        if self.observed.workers:
+            self.delete_pods(self.observed.workers)
+            self.wake_in(TEARDOWN_POLL_SECONDS)
+            return
+        restart_after = self.status.restart_after
+        if restart_after is not None and self.now < restart_after:
+            self.wake_in((restart_after - self.now).total_seconds())
+            return
+        attempt = self.status.attempt + 1
+        self.start_attempt(attempt, f"attempt {attempt} started after a restart")
+
+    def first_start(self) -> None:
+        self.update(start_time=self.now)
+        self.condition("Created", True, "Created", f"gang of {self.spec.workers} workers created")
+        self.start_attempt(1, f"attempt 1 started with {self.spec.workers} workers")
+
+    def verdict_for_failures(self) -> tuple[Verdict, WorkerState | None] | None:
+        current = self.current_workers()
+        failed = sorted(
+            (w for w in current if w.failed),
+            key=lambda w: (w.finished_at or self.now, w.index),
+        )
+        if failed:
+            return classify(failed[0], self.spec.failure_policy), failed[0]
+        for worker in current:
+            if worker.deleting and not worker.succeeded:
+                # Deleted under a running gang: a disruption (eviction, preemption, node loss)
+                # says so with a pod condition; a plain delete is not the training's fault.
+                if DISRUPTION_CONDITION in worker.true_conditions:
+                    return classify(worker, self.spec.failure_policy), worker
+                return vanished_verdict(worker.index), worker
+        present = {w.index for w in current}
+        gang_started = any(w.started for w in current)
+        missing = [i for i in range(self.spec.workers) if i not in present]
+        if missing and gang_started:
+            return vanished_verdict(missing[0]), None
+        return self.stall_verdict()
+
+    def stall_verdict(self) -> tuple[Verdict, None] | None:
+        """Armed once this attempt's first step is seen: start-up (imports, JIT builds,
+        rendezvous) has no step to watch and is bounded by the launcher's own timeouts."""
+        timeout = self.spec.failure_policy.stall_timeout_seconds
+        progress = self.status.progress
+        if timeout == 0 or self.status.phase != "Running" or progress is None:
+            return None
+        if progress.last_advance_time is None:
+            return None
+        idle = self.seconds_since(progress.last_advance_time)
+        if idle < timeout:
+            self.wake_in(timeout - idle)
+            return None
+        step = progress.step if progress else 0
+        return (
+            Verdict(
+                "RestartJob",
+                "Stalled",
+                f"training step stayed at {step} for {int(idle)}s "
+                f"(failurePolicy.stallTimeoutSeconds={timeout})",
+            ),
+            None,
+        )
+
+    def handle_failure(self, verdict: Verdict, worker: WorkerState | None) -> None:
+        record = FailureRecord(
+            reason=verdict.reason,
+            message=verdict.message,
+            worker=worker.index if worker else None,
+            exit_code=worker.exit_code if worker else None,
+            time=self.now,
+        )
+        self.update(last_failure=record)
+        if worker is not None and worker.finished_at is not None:
+            detected = self.seconds_since(worker.finished_at)
+            self.timings.append(Timing("fault_detection", max(detected, 0.0)))
+        policy = self.spec.failure_policy
+        if verdict.action == "FailJob":
+            self.finish("Failed", verdict.reason, verdict.message)
+            return
+        if verdict.action == "RestartJob":
+            if self.status.restarts >= policy.max_restarts:
+                self.finish(
+                    "Failed",
+                    "RestartLimitExceeded",
+                    f"{verdict.message}; failurePolicy.maxRestarts ({policy.max_restarts}) used up",
+                )
+                return
+            self.update(restarts=self.status.restarts + 1)
+            delay = backoff_seconds(policy, self.status.restarts)
+        else:
+            self.update(disruptions=self.status.disruptions + 1)
+            delay = policy.backoff_seconds
+        self.restart_reasons.append(verdict.reason)
+        message = f"{verdict.message}; restarting the gang in {delay}s"
+        self.transition("Restarting", verdict.reason, message, warning=True)
+        self.update(restart_after=self.now + timedelta(seconds=delay), running_time=None)
+        self.condition("Restarting", True, verdict.reason, message)
+        self.condition("Running", False, verdict.reason, message)
+        self.delete_pods(self.observed.workers)
+        self.wake_in(TEARDOWN_POLL_SECONDS)
+
+    def scheduling_timeout(self) -> bool:
+        """True when the job failed for it; reports the scheduler's reason either way."""
+        policy = self.spec.failure_policy
+        if policy.scheduling_timeout_seconds == 0:
+            return False
+        for worker in self.current_workers():
+            if worker.unschedulable_message is None:
+                continue
+            waited = self.seconds_since(worker.created)
+            if waited < policy.scheduling_timeout_seconds:
+                self.wake_in(policy.scheduling_timeout_seconds - waited)
+                continue
+            message = (
+                f"worker {worker.index} unschedulable for {int(waited)}s: "
+                f"{worker.unschedulable_message}"
+            )
+            if policy.fail_on_scheduling_timeout:
+                self.finish("Failed", "Unschedulable", message)
+                return True
+            if not self.condition_is("Running") and not any(
+                c.type == "Running" and c.reason == "Unschedulable" for c in self.status.conditions
+            ):
+                self.events.append(Event("Warning", "Unschedulable", message))
+            self.condition("Running", False, "Unschedulable", message)
+            return False
+        return False
+
+    def running(self) -> None:
+        current = self.current_workers()
+        stale = [w for w in self.observed.workers if w.attempt != self.status.attempt]
+        if stale:
+            # An older attempt's pods (a crash mid-restart): never run two gangs at once.
+            self.delete_pods(stale)
+            self.wake_in(TEARDOWN_POLL_SECONDS)
+            return
+        self.ensure_supporting_objects()
+        found = self.verdict_for_failures()
+        if found is not None:
+            self.handle_failure(*found)
+            return
+        if len(current) == self.spec.workers and all(w.succeeded for w in current):
+            self.finish("Succeeded", "Completed", f"all {self.spec.workers} workers exited 0")
+            return
+        if not any(w.started for w in current):
+            self.create_missing_pods()
+        if self.scheduling_timeout():
+            return
+        all_running = len(current) == self.spec.workers and all(
+            w.phase == "Running" for w in current
+        )
+        if all_running and self.status.running_time is None:
+            self.mark_running()
+
+    def mark_running(self) -> None:
+        message = f"all {self.spec.workers} workers of attempt {self.status.attempt} running"
+        self.transition("Running", "Running", message)
+        self.update(running_time=self.now)
+        self.condition("Running", True, "AllWorkersRunning", message)
+        if self.condition_is("Restarting"):
+            self.condition("Restarting", False, "Recovered", message)
+        if self.status.attempt == 1 and self.status.restarts + self.status.disruptions == 0:
+            self.timings.append(Timing("startup", self.seconds_since(self.job.created)))
+        elif self.status.last_failure is not None:
+            self.timings.append(
+                Timing("recovery", self.seconds_since(self.status.last_failure.time))
+            )
+
+    def record_progress(self, seen: TrainerProgress | None) -> None:
+        if seen is None or seen.step is None:
+            return
+        old = self.status.progress
+        advanced = old is None or old.step != seen.step or old.last_advance_time is None
+        max_steps = self.spec.training.max_steps
+        eta = None
+        if seen.tokens_per_second:
+            tokens_per_step = (
+                self.spec.training.samples_per_step(self.spec.world_size)
+                * self.spec.training.seq_len
+            )
+            eta = int((max_steps - seen.step) * tokens_per_step / seen.tokens_per_second)
+        self.update(
+            progress=Progress(
+                step=seen.step,
+                max_steps=max_steps,
+                loss=seen.loss,
+                tokens_per_second=seen.tokens_per_second,
+                eta_seconds=eta,
+                updated_time=self.now,
+                last_advance_time=self.now if advanced else old.last_advance_time if old else None,
+            )
+        )
+        if seen.last_checkpoint_step is not None and seen.last_checkpoint_step > 0:
+            self.update(
+                checkpoint=CheckpointStatus(
+                    step=seen.last_checkpoint_step,
+                    tag=f"step{seen.last_checkpoint_step}",
+                    time=seen.last_checkpoint_time,
+                )
+            )
+
+    def build(self) -> Plan:
+        phase = self.status.phase
+        if phase in ("Succeeded", "Failed"):
+            self.finished()
+        elif self.spec.run_policy.suspend:
+            if self.status.start_time is None or not self.deadline_exceeded():
+                self.suspend()
+        elif phase == "Suspended":
+            self.resume()
+        elif self.status.attempt == 0:
+            self.first_start()
+        elif not self.deadline_exceeded():
+            if phase == "Restarting":
+                self.restarting()
+            else:
+                self.record_progress(self.observed.progress)
+                self.running()
+        self.count_workers()
+        return Plan(
+            status=self.status,
+            actions=self.actions,
+            events=self.events,
+            timings=self.timings,
+            restart_reasons=self.restart_reasons,
+            requeue_after=min(self.requeue) if self.requeue else None,
+        )
+
+
+def plan(job: JobView, desired: DesiredFor, observed: Observed, now: datetime) -> Plan:
+    """Decide the job's next status and the actions that bring the world towards it."""
+    return _Planner(job, desired, observed, now).build()
+
+
+def plan_invalid(status: LLMTrainingJobStatus, generation: int, error: str, now: datetime) -> Plan:
+    """A spec that passed the CRD schema but not the API's validation: fail once, loudly."""
+    if status.phase == "Failed":
+        return Plan(status=status)
+    conditions = set_condition(
+        status.conditions, "Failed", True, "InvalidSpec", error, now, generation
+    )
+    failed = status.model_copy(
+        update={
+            "phase": "Failed",
+            "conditions": conditions,
+            "observed_generation": generation,
+            "completion_time": now,
+        }
+    )
+    return Plan(status=failed, events=[Event("Warning", "InvalidSpec", error)])

@@ -1,0 +1,338 @@
+"""PURE: an LLMTrainingJob's spec -> the Kubernetes objects it should own (DESIGN §3).
+
+No I/O and no clients: plain dicts in, plain dicts out, ready for server-side apply.
+"""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmjob_operator.api import API_VERSION, GPU_RESOURCE, KIND, LLMTrainingJobSpec
+from llmjob_trainer.config import deepspeed_config
+
+LABEL_PREFIX = "training.llmjob.dev"
+JOB_NAME_LABEL = f"{LABEL_PREFIX}/job-name"
+WORKER_INDEX_LABEL = f"{LABEL_PREFIX}/worker-index"
+ATTEMPT_LABEL = f"{LABEL_PREFIX}/attempt"
+
+CONFIG_DIR = "/etc/llmjob"
+HOSTFILE_KEY = "hostfile"
+TRAIN_CONFIG_KEY = "train.json"
+DEEPSPEED_CONFIG_KEY = "ds_config.json"
+CACHE_DIR = "/cache"
+RENDEZVOUS_PORT = 29500
+CONTAINER_NAME = "trainer"
+LAUNCHER = "llmjob-launch"
+# The unprivileged user of the trainer image (trainer_image/Dockerfile).
+TRAINER_UID = 1000
+# Time for the trainer's own SIGTERM path (finish the step, commit) plus process exit.
+GRACE_MARGIN_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """What rendering needs of the job object besides its spec."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Operator-wide settings that shape rendered objects."""
+
+    default_image: str
+
+
+@dataclass(frozen=True)
+class DesiredObjects:
+    """Everything a job owns for one attempt."""
+
+    service: dict[str, Any]
+    config_map: dict[str, Any]
+    pods: list[dict[str, Any]]
+    claim: dict[str, Any] | None = None
+    all: list[dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        extra = [self.claim] if self.claim else []
+        object.__setattr__(self, "all", [*extra, self.service, self.config_map, *self.pods])
+
+
+def worker_name(job: str, index: int) -> str:
+    return f"{job}-worker-{index}"
+
+
+def config_map_name(job: str) -> str:
+    return f"{job}-config"
+
+
+def claim_name(job: JobRef, spec: LLMTrainingJobSpec) -> str:
+    return spec.checkpoint.claim_name or f"{job.name}-checkpoints"
+
+
+def worker_host(job: JobRef, index: int) -> str:
+    """The stable DNS name of a worker through the job's headless Service."""
+    return f"{worker_name(job.name, index)}.{job.name}.{job.namespace}.svc"
+
+
+def job_labels(job: JobRef) -> dict[str, str]:
+    return {
+        JOB_NAME_LABEL: job.name,
+        "app.kubernetes.io/name": "llmjob-worker",
+        "app.kubernetes.io/managed-by": "llmjob-operator",
+    }
+
+
+def owner_reference(job: JobRef) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": job.name,
+        "uid": job.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(
+    job: JobRef, name: str, owned: bool = True, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": {**job_labels(job), **(labels or {})},
+    }
+    if owned:
+        meta["ownerReferences"] = [owner_reference(job)]
+    return meta
+
+
+def hostfile(job: JobRef, spec: LLMTrainingJobSpec) -> str:
+    """One `<host> slots=<n>` line per worker, in worker-index (= node rank) order."""
+    return "".join(
+        f"{worker_host(job, i)} slots={spec.slots_per_worker}\n" for i in range(spec.workers)
+    )
+
+
+def render_service(job: JobRef, spec: LLMTrainingJobSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, job.name),
+        "spec": {
+            "clusterIP": "None",
+            # Ranks resolve each other before any is Ready: rendezvous comes first.
+            "publishNotReadyAddresses": True,
+            "selector": {JOB_NAME_LABEL: job.name},
+            "ports": [
+                {"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT},
+                {"name": "metrics", "port": spec.metrics_port, "targetPort": spec.metrics_port},
+            ],
+        },
+    }
+
+
+def render_config_map(job: JobRef, spec: LLMTrainingJobSpec) -> dict[str, Any]:
+    run_config = spec.run_config(job.name)
+    ds_config = deepspeed_config(spec.training, spec.world_size, spec.deepspeed)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, config_map_name(job.name)),
+        "data": {
+            HOSTFILE_KEY: hostfile(job, spec),
+            TRAIN_CONFIG_KEY: run_config.model_dump_json(by_alias=True, exclude_none=True, indent=2)
+            + "\n",
+            DEEPSPEED_CONFIG_KEY: json.dumps(ds_config, indent=2, sort_keys=True) + "\n",
+        },
+    }
+
+
+def render_claim(job: JobRef, spec: LLMTrainingJobSpec) -> dict[str, Any] | None:
+    checkpoint = spec.checkpoint
+    if checkpoint.size is None:
+        return None
+    claim_spec: dict[str, Any] = {
+        "accessModes": [checkpoint.access_mode],
+        "resources": {"requests": {"storage": checkpoint.size}},
+    }
+    if checkpoint.storage_class_name is not None:
+        claim_spec["storageClassName"] = checkpoint.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        # Retained claims outlive the job: deleting a job must not delete its checkpoints.
+        "metadata": _metadata(
+            job, claim_name(job, spec), owned=checkpoint.reclaim_policy == "Delete"
+        ),
+        "spec": claim_spec,
+    }
+
+
+def launcher_args(job: JobRef, spec: LLMTrainingJobSpec, index: int) -> list[str]:
+    """`llmjob-launch` arguments: it validates the hostfile and runs DeepSpeed's launcher in
+    --no_ssh mode as this node rank, rendezvousing at worker 0."""
+    args = [
+        f"--hostfile={CONFIG_DIR}/{HOSTFILE_KEY}",
+        f"--node-rank={index}",
+        f"--master-addr={worker_host(job, 0)}",
+        f"--master-port={RENDEZVOUS_PORT}",
+        f"--train-config={CONFIG_DIR}/{TRAIN_CONFIG_KEY}",
+        f"--deepspeed-config={CONFIG_DIR}/{DEEPSPEED_CONFIG_KEY}",
+    ]
+    if spec.command:
+        args += ["--", *spec.command, *spec.args]
+    return args
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def worker_env(job: JobRef, spec: LLMTrainingJobSpec, index: int, attempt: int) -> list[Any]:
+    return [
+        {"name": "LLMJOB_JOB_NAME", "value": job.name},
+        {"name": "LLMJOB_WORKER_INDEX", "value": str(index)},
+        {"name": "LLMJOB_NUM_WORKERS", "value": str(spec.workers)},
+        {"name": "LLMJOB_ATTEMPT", "value": str(attempt)},
+        {"name": "LLMJOB_METRICS_PORT", "value": str(spec.metrics_port)},
+        _field_env("LLMJOB_POD_NAME", "metadata.name"),
+        _field_env("LLMJOB_POD_NAMESPACE", "metadata.namespace"),
+        _field_env("LLMJOB_POD_IP", "status.podIP"),
+        # The root filesystem is read-only: every cache points at the writable emptyDir.
+        {"name": "HOME", "value": f"{CACHE_DIR}/home"},
+        {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+        {"name": "TORCH_EXTENSIONS_DIR", "value": f"{CACHE_DIR}/torch_extensions"},
+        {"name": "TRITON_CACHE_DIR", "value": f"{CACHE_DIR}/triton"},
+        *spec.env,
+    ]
+
+
+def _resources(spec: LLMTrainingJobSpec) -> dict[str, Any]:
+    requests = dict(spec.resources.requests)
+    limits = dict(spec.resources.limits)
+    if spec.gpus_per_worker > 0:
+        # Extended resources must have requests equal to limits.
+        requests[GPU_RESOURCE] = spec.gpus_per_worker
+        limits[GPU_RESOURCE] = spec.gpus_per_worker
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _volumes(job: JobRef, spec: LLMTrainingJobSpec) -> tuple[list[Any], list[Any]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "llmjob-config", "configMap": {"name": config_map_name(job.name)}},
+        {"name": "checkpoints", "persistentVolumeClaim": {"claimName": claim_name(job, spec)}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+        *spec.volumes,
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "llmjob-config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "checkpoints", "mountPath": spec.checkpoint.mount_path},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": CACHE_DIR},
+        *spec.volume_mounts,
+    ]
+    return volumes, mounts
+
+
+def _container(
+    job: JobRef, spec: LLMTrainingJobSpec, settings: RenderSettings, index: int, attempt: int
+) -> dict[str, Any]:
+    _, mounts = _volumes(job, spec)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image or settings.default_image,
+        "command": [LAUNCHER],
+        "args": launcher_args(job, spec, index),
+        "env": worker_env(job, spec, index, attempt),
+        "ports": [
+            {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
+            {"name": "metrics", "containerPort": spec.metrics_port},
+        ],
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    resources = _resources(spec)
+    if resources:
+        container["resources"] = resources
+    if not spec.command:
+        # The built-in trainer answers /healthz once its process group is up; a user's own
+        # script makes no such promise, so it gets no probe.
+        container["readinessProbe"] = {
+            "httpGet": {"path": "/healthz", "port": spec.metrics_port},
+            "periodSeconds": 5,
+        }
+    return container
+
+
+def render_pod(
+    job: JobRef, spec: LLMTrainingJobSpec, settings: RenderSettings, index: int, attempt: int
+) -> dict[str, Any]:
+    volumes, _ = _volumes(job, spec)
+    scheduling = spec.scheduling
+    pod_spec: dict[str, Any] = {
+        "hostname": worker_name(job.name, index),
+        "subdomain": job.name,
+        # The operator restarts the whole gang: a lone restarted rank cannot rejoin DeepSpeed.
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": spec.checkpoint.save_timeout_seconds
+        + GRACE_MARGIN_SECONDS,
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TRAINER_UID,
+            "runAsGroup": TRAINER_UID,
+            "fsGroup": TRAINER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(job, spec, settings, index, attempt)],
+        "volumes": volumes,
+    }
+    if scheduling.node_selector:
+        pod_spec["nodeSelector"] = dict(scheduling.node_selector)
+    if scheduling.tolerations:
+        pod_spec["tolerations"] = list(scheduling.tolerations)
+    if scheduling.affinity:
+        pod_spec["affinity"] = dict(scheduling.affinity)
+    if scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = scheduling.priority_class_name
+    if scheduling.scheduler_name:
+        pod_spec["schedulerName"] = scheduling.scheduler_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(
+            job,
+            worker_name(job.name, index),
+            labels={WORKER_INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt)},
+        ),
+        "spec": pod_spec,
+    }
+
+
+def render(
+    job: JobRef, spec: LLMTrainingJobSpec, settings: RenderSettings, attempt: int
+) -> DesiredObjects:
+    """Everything the job should own during `attempt` (1-based)."""
+    return DesiredObjects(
+        service=render_service(job, spec),
+        config_map=render_config_map(job, spec),
+        pods=[render_pod(job, spec, settings, i, attempt) for i in range(spec.workers)],
+        claim=render_claim(job, spec),
+    )

@@ -1,0 +1,76 @@
+"""Fixtures for tests against the local cluster: the operator running, the CRD installed."""
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from tests.integration.jobs import Jobs
+from tests.integration.operator_process import OperatorProcess
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def kubeconfig() -> Path:
+    return Path(os.environ.get("LLMJOB_KUBECONFIG", REPO / ".devcluster" / "kubeconfig"))
+
+
+@pytest.fixture(scope="session")
+def api_client(kubeconfig: Path) -> client.ApiClient:
+    return config.new_client_from_config(str(kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def kubectl(kubeconfig: Path) -> list[str]:
+    return [str(kubeconfig.parent / "bin" / "kubectl"), f"--kubeconfig={kubeconfig}"]
+
+
+@pytest.fixture(scope="session")
+def venv_bin() -> str:
+    return str(Path(sys.executable).parent)
+
+
+@pytest.fixture
+def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def crd_installed(kubectl: list[str]) -> None:
+    crd = REPO / "crds" / "llmtrainingjobs.training.llmjob.dev.yaml"
+    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(crd)], check=True)
+    subprocess.run(
+        [*kubectl, "wait", "--for=condition=Established", "-f", str(crd), "--timeout=60s"],
+        check=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def llmjob_operator(
+    kubeconfig: Path, crd_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    operator = OperatorProcess(kubeconfig, log)
+    operator.start()
+    yield operator
+    operator.stop()
+    print(f"\noperator log ({log}):\n{operator.tail(200)}")
+
+
+@pytest.fixture
+def jobs(
+    api_client: client.ApiClient, namespace: str, llmjob_operator: OperatorProcess
+) -> Iterator[Jobs]:
+    yield Jobs(api_client, namespace)
+    if llmjob_operator.process is None or llmjob_operator.process.poll() is not None:
+        llmjob_operator.start()

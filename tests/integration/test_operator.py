@@ -1,0 +1,267 @@
+"""The operator against the real API server, with stand-in workers on the node agent."""
+
+import re
+import subprocess
+import time
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.integration.jobs import GangWatch, Jobs, condition, standin_job
+from tests.integration.operator_process import OperatorProcess
+
+pytestmark = pytest.mark.integration
+
+
+def test_happy_path_succeeds_with_progress_and_columns(
+    jobs: Jobs, venv_bin: str, kubectl: list[str]
+) -> None:
+    jobs.create(standin_job("happy", venv_bin, standin={"steps": 6}))
+    running = jobs.wait("happy", lambda s: (s.get("progress") or {}).get("step", 0) >= 1)
+    assert running["phase"] == "Running"
+    columns = subprocess.run(
+        [*kubectl, "get", "llmjob", "happy", "-n", jobs.namespace, "--no-headers"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    # NAME PHASE WORKERS STEP LOSS RESTARTS AGE
+    assert columns[0] == "happy"
+    assert columns[1] == "Running"
+    assert re.fullmatch(r"\d/2", columns[2])
+    assert int(columns[3]) >= 1
+    assert float(columns[4]) > 0
+    assert columns[5] == "0"
+
+    done = jobs.wait_phase("happy", "Succeeded")
+    assert done["attempt"] == 1
+    assert done["restarts"] == 0
+    assert done["completionTime"]
+    assert done["checkpoint"]["step"] >= 1
+    assert condition(done, "Succeeded")["status"] == "True"
+    reasons = {e.reason for e in jobs.events("happy")}
+    assert {"AttemptStarted", "Running", "Completed"} <= reasons
+
+
+def test_one_failed_worker_replaces_the_whole_gang(
+    jobs: Jobs, venv_bin: str, api_client: client.ApiClient
+) -> None:
+    gang = GangWatch(api_client, jobs.namespace, "flaky")
+    try:
+        jobs.create(standin_job("flaky", venv_bin, standin={"steps": 4, "fail": "1:1:1:1"}))
+        done = jobs.wait_phase("flaky", "Succeeded", timeout=180)
+    finally:
+        gang.stop()
+    assert done["attempt"] == 2
+    assert done["restarts"] == 1
+    assert done["disruptions"] == 0
+    assert done["lastFailure"]["reason"] == "WorkerFailed"
+    assert done["lastFailure"]["exitCode"] == 1
+    assert done["lastFailure"]["worker"] == 1
+    assert gang.attempts_seen == {"1", "2"}
+    assert gang.overlaps == [], "two attempts' pods were alive at once"
+
+
+def test_exit_code_2_fails_the_job_without_retrying(jobs: Jobs, venv_bin: str) -> None:
+    jobs.create(standin_job("badconfig", venv_bin, standin={"steps": 30, "fail": "0:*:2:0"}))
+    failed = jobs.wait_phase("badconfig", "Failed")
+    assert failed["attempt"] == 1
+    assert condition(failed, "Failed")["reason"] == "InvalidConfiguration"
+    assert "exited with code 2" in condition(failed, "Failed")["message"]
+    deadline = time.monotonic() + 60
+    while any(p.status.phase == "Running" for p in jobs.pods("badconfig")):
+        assert time.monotonic() < deadline, "the surviving worker was not cleaned up"
+        time.sleep(1)
+
+
+def test_restart_budget_exhausted_fails_the_job(jobs: Jobs, venv_bin: str) -> None:
+    jobs.create(
+        standin_job(
+            "doomed",
+            venv_bin,
+            standin={"steps": 30, "fail": "1:*:1:0"},
+            failurePolicy={"maxRestarts": 1, "backoffSeconds": 1, "maxBackoffSeconds": 1},
+        )
+    )
+    failed = jobs.wait_phase("doomed", "Failed", timeout=180)
+    assert failed["restarts"] == 1
+    assert failed["attempt"] == 2
+    assert condition(failed, "Failed")["reason"] == "RestartLimitExceeded"
+
+
+def test_evicted_worker_restarts_without_spending_the_budget(
+    jobs: Jobs, venv_bin: str, api_client: client.ApiClient
+) -> None:
+    jobs.create(
+        standin_job(
+            "evicted",
+            venv_bin,
+            standin={"steps": 12},
+            failurePolicy={"maxRestarts": 0, "backoffSeconds": 1},
+        )
+    )
+    jobs.wait_phase("evicted", "Running")
+    client.CoreV1Api(api_client).create_namespaced_pod_eviction(
+        "evicted-worker-1",
+        jobs.namespace,
+        client.V1Eviction(
+            metadata=client.V1ObjectMeta(name="evicted-worker-1", namespace=jobs.namespace)
+        ),
+    )
+    restarted = jobs.wait("evicted", lambda s: s.get("attempt") == 2, what="attempt 2")
+    assert restarted["restarts"] == 0
+    assert restarted["disruptions"] == 1
+    done = jobs.wait_phase("evicted", "Succeeded", timeout=180)
+    assert done["restarts"] == 0
+
+
+def test_a_stalled_step_counter_restarts_with_reason_stalled(jobs: Jobs, venv_bin: str) -> None:
+    jobs.create(
+        standin_job(
+            "stalled",
+            venv_bin,
+            standin={"steps": 4, "stall": "1:2"},
+            failurePolicy={"stallTimeoutSeconds": 6, "backoffSeconds": 1},
+        )
+    )
+    restarted = jobs.wait("stalled", lambda s: s.get("attempt") == 2, timeout=90)
+    assert restarted["lastFailure"]["reason"] == "Stalled"
+    assert restarted["restarts"] == 1
+    done = jobs.wait_phase("stalled", "Succeeded", timeout=120)
+    assert done["attempt"] == 2
+
+
+def test_suspend_then_resume_continues_as_a_new_attempt(jobs: Jobs, venv_bin: str) -> None:
+    jobs.create(standin_job("pausable", venv_bin, standin={"steps": 15}))
+    jobs.wait_phase("pausable", "Running")
+    jobs.patch_spec("pausable", {"runPolicy": {"suspend": True}})
+    suspended = jobs.wait_phase("pausable", "Suspended")
+    assert condition(suspended, "Suspended")["status"] == "True"
+    deadline = time.monotonic() + 60
+    while jobs.pods("pausable"):
+        assert time.monotonic() < deadline, "suspended workers were not stopped"
+        time.sleep(0.5)
+    assert jobs.status("pausable")["restarts"] == 0
+    jobs.patch_spec("pausable", {"runPolicy": {"suspend": False}})
+    resumed = jobs.wait_phase("pausable", "Running")
+    assert resumed["attempt"] == 2
+    assert condition(resumed, "Suspended")["status"] == "False"
+    done = jobs.wait_phase("pausable", "Succeeded", timeout=120)
+    assert (done["restarts"], done["disruptions"]) == (0, 0)
+    assert done["suspendedSeconds"] >= 1
+
+
+def test_active_deadline_fails_the_job_and_stops_the_workers(jobs: Jobs, venv_bin: str) -> None:
+    jobs.create(
+        standin_job(
+            "slow", venv_bin, standin={"steps": 600}, runPolicy={"activeDeadlineSeconds": 8}
+        )
+    )
+    failed = jobs.wait_phase("slow", "Failed", timeout=60)
+    assert condition(failed, "Failed")["reason"] == "DeadlineExceeded"
+    deadline = time.monotonic() + 60
+    while jobs.pods("slow"):
+        assert time.monotonic() < deadline, "workers outlived the deadline"
+        time.sleep(0.5)
+
+
+def test_ttl_deletes_a_finished_job(jobs: Jobs, venv_bin: str) -> None:
+    jobs.create(
+        standin_job(
+            "shortlived", venv_bin, standin={"steps": 1}, runPolicy={"ttlSecondsAfterFinished": 3}
+        )
+    )
+    jobs.wait_phase("shortlived", "Succeeded")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            jobs.get("shortlived")
+        except client.ApiException as error:
+            assert error.status == 404
+            break
+        assert time.monotonic() < deadline, "the finished job outlived its TTL"
+        time.sleep(0.5)
+
+
+def test_operator_killed_mid_restart_keeps_the_budget_and_one_gang(
+    jobs: Jobs, venv_bin: str, api_client: client.ApiClient, llmjob_operator: OperatorProcess
+) -> None:
+    gang = GangWatch(api_client, jobs.namespace, "crashy")
+    try:
+        jobs.create(
+            standin_job(
+                "crashy",
+                venv_bin,
+                standin={"steps": 4, "fail": "0:1:1:1"},
+                failurePolicy={"backoffSeconds": 6, "maxBackoffSeconds": 6},
+            )
+        )
+        jobs.wait_phase("crashy", "Restarting", timeout=90)
+        llmjob_operator.kill()
+        time.sleep(2)
+        llmjob_operator.start()
+        done = jobs.wait_phase("crashy", "Succeeded", timeout=180)
+    finally:
+        gang.stop()
+    assert done["restarts"] == 1
+    assert done["attempt"] == 2
+    assert gang.overlaps == []
+    assert len({p.metadata.name for p in jobs.pods("crashy")}) <= 2
+
+
+def test_invalid_spec_fails_with_the_field_named_and_others_still_run(
+    jobs: Jobs, venv_bin: str
+) -> None:
+    # Free-form deepspeed keys pass the CRD schema; pydantic catches the contradiction.
+    jobs.create(
+        standin_job("contradiction", venv_bin, deepspeed={"train_micro_batch_size_per_gpu": 99})
+    )
+    jobs.create(standin_job("bystander", venv_bin, standin={"steps": 2}))
+    failed = jobs.wait_phase("contradiction", "Failed")
+    failure = condition(failed, "Failed")
+    assert failure["reason"] == "InvalidSpec"
+    assert "deepspeed.train_micro_batch_size_per_gpu" in failure["message"]
+    assert "training.microBatchSize" in failure["message"]
+    assert jobs.pods("contradiction") == []
+    assert "InvalidSpec" in {e.reason for e in jobs.events("contradiction")}
+    jobs.wait_phase("bystander", "Succeeded")
+
+
+def test_unschedulable_gang_reports_the_schedulers_reason(jobs: Jobs, venv_bin: str) -> None:
+    jobs.create(
+        standin_job(
+            "toobig",
+            venv_bin,
+            gpusPerWorker=64,
+            failurePolicy={"schedulingTimeoutSeconds": 3, "failOnSchedulingTimeout": True},
+        )
+    )
+    failed = jobs.wait_phase("toobig", "Failed", timeout=60)
+    failure = condition(failed, "Failed")
+    assert failure["reason"] == "Unschedulable"
+    assert "nvidia.com/gpu" in failure["message"]
+
+
+def test_operator_metrics_report_startup_and_restarts(
+    jobs: Jobs, venv_bin: str, llmjob_operator: OperatorProcess
+) -> None:
+    jobs.create(standin_job("measured", venv_bin, standin={"steps": 3, "fail": "1:1:1:1"}))
+    jobs.wait_phase("measured", "Succeeded", timeout=180)
+    text = llmjob_operator.metrics()
+    samples = _samples(text)
+    assert samples['llmjob_operator_restarts_total{reason="WorkerFailed"}'] >= 1
+    assert samples["llmjob_operator_job_startup_seconds_count"] >= 1
+    assert samples["llmjob_operator_job_recovery_seconds_count"] >= 1
+    assert samples["llmjob_operator_fault_detection_seconds_count"] >= 1
+    assert samples["llmjob_operator_reconcile_duration_seconds_count"] > 0
+    assert 'llmjob_operator_jobs{phase="Succeeded"}' in samples
+
+
+def _samples(text: str) -> dict[str, float]:
+    found: dict[str, Any] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            found[name] = float(value)
+    return found
