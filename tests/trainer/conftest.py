@@ -107,10 +107,14 @@ def train_command(config: Path) -> list[str]:
     return [sys.executable, "-m", "llmjob_trainer.train", "--config", str(config)]
 
 
-def launch_command(hostfile: Path, config: Path, host: str, port: int) -> list[str]:
+def launch_command(
+    hostfile: Path, config: Path, host: str, port: int, node_rank: int = 0
+) -> list[str]:
+    """As the operator renders it (DESIGN §3), plus --host: the pod's name in the hostfile."""
     return [
-        sys.executable, "-m", "llmjob_trainer.launch", "--hostfile", str(hostfile),
-        "--config", str(config), "--host", host, "--master-port", str(port),
+        sys.executable, "-m", "llmjob_trainer.launch", f"--hostfile={hostfile}",
+        f"--node-rank={node_rank}", f"--master-port={port}", f"--train-config={config}",
+        f"--host={host}",
     ]  # fmt: skip
 
 

@@ -33,8 +33,8 @@ def test_two_nodes_with_zero2_reduce_the_loss(
     hostfile.write_text("127.0.0.1 slots=1\n127.0.0.2 slots=1\n")
     port = free_port()
     for index, host in enumerate(["127.0.0.1", "127.0.0.2"]):
-        env = trainer_env(LLMJOB_WORKER_INDEX=str(index))
-        command = launch_command(hostfile, config, host, port)
+        env = trainer_env(LLMJOB_ATTEMPT="1")
+        command = launch_command(hostfile, config, host, port, node_rank=index)
         trainers.append(Trainer(command, env, tmp_path / f"worker-{index}.log"))
     codes = [trainer.wait(timeout=400) for trainer in trainers]
     output = trainers[0].output()
@@ -79,7 +79,7 @@ def test_metrics_advance_and_sigterm_commits_exits_143_and_resumes(
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("127.0.0.1 slots=2\n")
     metrics_port, master_port = free_port(), free_port()
-    env = trainer_env(LLMJOB_WORKER_INDEX="0", LLMJOB_METRICS_PORT=str(metrics_port))
+    env = trainer_env(LLMJOB_METRICS_PORT=str(metrics_port), LLMJOB_POD_IP="127.0.0.1")
     command = launch_command(hostfile, config, "127.0.0.1", master_port)
     trainer = Trainer(command, env, tmp_path / "first.log")
     trainers.append(trainer)

@@ -2,10 +2,13 @@
 
 Reads the hostfile the operator mounts (default /etc/llmjob/hostfile, with train.json
 and ds_config.json beside it), checks it with DeepSpeed's own parser and checks that
-this pod's line is at its worker index, then runs the DeepSpeed launcher without ssh:
+this pod's line is at its node rank, then runs the DeepSpeed launcher without ssh:
 
     deepspeed --hostfile H --no_ssh --node_rank I --master_addr <first host> ...
               --module llmjob_trainer.train --config train.json --deepspeed-config ds.json
+
+After `--`, a user's own command runs in place of llmjob_trainer.train under the same
+contract (hostfile, env, SIGTERM forwarding, exit codes).
 
 Why it stays as a parent instead of exec'ing: DeepSpeed's per-node launcher answers
 SIGTERM by terminating its ranks and exiting 1, and its runner drops exit codes of
@@ -111,27 +114,27 @@ def cache_environment(env: dict[str, str]) -> dict[str, str]:
 
 
 def launcher_command(
-    hostfile: Path,
-    worker_index: int,
-    master_addr: str,
-    master_port: int,
-    train_args: list[str],
+    hostfile: Path, node_rank: int, master_addr: str, master_port: int, rank_command: list[str]
 ) -> list[str]:
+    """DeepSpeed's runner; `rank_command` is `-m module args...` or a user's executable."""
+    if rank_command[0] == "-m":
+        program = ["--module", *rank_command[1:]]
+    else:
+        program = ["--no_python", *rank_command]
     return [
         sys.executable, "-u", "-m", "deepspeed.launcher.runner",
         "--hostfile", str(hostfile),
         "--no_ssh",
-        "--node_rank", str(worker_index),
+        "--node_rank", str(node_rank),
         "--master_addr", master_addr,
         "--master_port", str(master_port),
         "--no_local_rank",
-        "--module", TRAINING_MODULE,
-        *train_args,
+        *program,
     ]  # fmt: skip
 
 
-def descendants(root: int) -> list[int]:
-    """Every process below `root`, from /proc (pods run Linux)."""
+def process_children() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from /proc (pods run Linux)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -142,26 +145,24 @@ def descendants(root: int) -> list[int]:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(parent, []).append(int(entry.name))
-    found, frontier = [], [root]
+    return children
+
+
+def rank_processes(root: int) -> list[int]:
+    """The ranks below `root`: the children of DeepSpeed's per-node launcher."""
+    children = process_children()
+    frontier, ranks = [root], []
     while frontier:
-        kids = children.get(frontier.pop(), [])
-        found.extend(kids)
-        frontier.extend(kids)
-    return found
-
-
-def training_processes(root: int) -> list[int]:
-    """The ranks below `root`: processes running `python -m llmjob_trainer.train` (the
-    launcher's own argv names the module too, but not after -m)."""
-    pids = []
-    for pid in descendants(root):
+        pid = frontier.pop()
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if (b"-m", TRAINING_MODULE.encode()) in itertools.pairwise(argv):
-            pids.append(pid)
-    return pids
+        if (b"-m", b"deepspeed.launcher.launch") in itertools.pairwise(argv):
+            ranks.extend(children.get(pid, []))
+        else:
+            frontier.extend(children.get(pid, []))
+    return ranks
 
 
 def exit_code(returncode: int) -> int:
@@ -169,50 +170,59 @@ def exit_code(returncode: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    user_command = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own_args = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(prog="llmjob-launch", description=__doc__.split("\n")[0])
     env = os.environ
     parser.add_argument(
         "--hostfile", type=Path, default=env.get("LLMJOB_HOSTFILE", DEFAULT_HOSTFILE)
     )
-    parser.add_argument("--config", type=Path, help="train.json; default: beside the hostfile")
+    parser.add_argument(
+        "--train-config", "--config", type=Path, help="train.json; default: beside the hostfile"
+    )
     parser.add_argument("--deepspeed-config", type=Path, help="default: ds_config.json beside it")
     parser.add_argument(
-        "--worker-index", type=int, default=int(env.get("LLMJOB_WORKER_INDEX", "0"))
+        "--node-rank",
+        type=int,
+        default=int(env.get("LLMJOB_WORKER_INDEX", "0")),
+        help="this pod's worker index; default $LLMJOB_WORKER_INDEX",
     )
     parser.add_argument("--host", default=socket.gethostname(), help="this pod's hostfile name")
+    parser.add_argument("--master-addr", help="rendezvous host; default: the hostfile's first")
     parser.add_argument(
         "--master-port", type=int, default=int(env.get("LLMJOB_MASTER_PORT", "29500"))
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(own_args)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
     )
-    config = args.config or args.hostfile.with_name("train.json")
+    config = args.train_config or args.hostfile.with_name("train.json")
     ds_config = args.deepspeed_config or args.hostfile.with_name("ds_config.json")
     try:
         hosts = read_hostfile(args.hostfile)
-        check_node_rank(hosts, args.worker_index, args.host)
+        check_node_rank(hosts, args.node_rank, args.host)
     except HostfileError as err:
         print(f"llmjob-launch: invalid hostfile: {err}", file=sys.stderr)
         return EXIT_INVALID_CONFIG
-    train_args = ["--config", str(config)]
-    if ds_config.is_file():
-        train_args += ["--deepspeed-config", str(ds_config)]
+    rank_command = user_command or ["-m", TRAINING_MODULE, "--config", str(config)]
+    if not user_command and ds_config.is_file():
+        rank_command += ["--deepspeed-config", str(ds_config)]
+    master_addr = args.master_addr or hosts[0][0]
     command = launcher_command(
-        args.hostfile, args.worker_index, hosts[0][0], args.master_port, train_args
+        args.hostfile, args.node_rank, master_addr, args.master_port, rank_command
     )
     log.info(
         "attempt %s, node rank %d of %d, master %s:%d",
-        env.get("LLMJOB_ATTEMPT", "0"), args.worker_index, len(hosts), hosts[0][0],
-        args.master_port,
+        env.get("LLMJOB_ATTEMPT", "0"), args.node_rank, len(hosts), master_addr, args.master_port,
     )  # fmt: skip
     launcher = subprocess.Popen(command, env=cache_environment(dict(env)), start_new_session=True)
     stopped_before_training = False
 
     def forward(signum: int, frame: FrameType | None) -> None:
         nonlocal stopped_before_training
-        ranks = training_processes(launcher.pid)
-        log.info("signal %d: asking training processes %s to commit and stop", signum, ranks)
+        ranks = rank_processes(launcher.pid)
+        log.info("signal %d: asking ranks %s to commit and stop", signum, ranks)
         for pid in ranks:
             os.kill(pid, signal.SIGTERM)
         if not ranks:  # this attempt has not started training: there is nothing to commit

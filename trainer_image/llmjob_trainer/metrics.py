@@ -67,8 +67,8 @@ class TrainerMetrics:
     def set_mfu(self, ratio: float) -> None:
         self.mfu_ratio.labels(self._job).set(ratio)
 
-    def serve(self, port: int) -> None:
-        """Serves /metrics and /healthz on `port` from a daemon thread."""
+    def serve(self, address: str, port: int) -> None:
+        """Serves /metrics and /healthz on `address:port` ("" = all) from a daemon thread."""
         registry = self.registry
 
         class Handler(BaseHTTPRequestHandler):
@@ -89,7 +89,7 @@ class TrainerMetrics:
             def log_message(self, format: str, *args: object) -> None:
                 """Scrapes every few seconds would drown the training log."""
 
-        self._server = ThreadingHTTPServer(("", port), Handler)
+        self._server = ThreadingHTTPServer((address, port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
 

@@ -209,7 +209,8 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
     metrics = TrainerMetrics(run.job_name)
     port = int(os.environ.get("LLMJOB_METRICS_PORT", run.metrics_port))
     if local_rank == 0 and port:
-        metrics.serve(port)
+        # Pods of the local cluster share a network namespace, one 127.x address each.
+        metrics.serve(os.environ.get("LLMJOB_POD_IP", ""), port)
     metrics.max_steps.set(training.max_steps)
     metrics.world_size.set(world_size)
     metrics.attempt.set(int(os.environ.get("LLMJOB_ATTEMPT", "0")))
