@@ -27,6 +27,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check operator trainer_image dev tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/hadolint trainer_image/Dockerfile trainer_image/Dockerfile.cpu
 
 crds: venv
 	$(PY) -m llmjob_operator.crd --out crds/llmtrainingjobs.training.llmjob.dev.yaml --out helm/llmjob-operator/crds/llmtrainingjobs.training.llmjob.dev.yaml

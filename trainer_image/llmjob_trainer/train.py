@@ -269,11 +269,14 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
         step_seconds = time.perf_counter() - step_started
 
         lr = float(scheduler.get_last_lr()[0])
-        grad_norm = float(engine.get_global_grad_norm() or 0.0)
+        # DeepSpeed records no norm for fp32 without ZeRO: absent rather than invented.
+        norm = engine.get_global_grad_norm()
+        grad_norm = None if norm is None else float(norm)
         metrics.step.set(step)
         metrics.loss.set(loss_mean)
         metrics.learning_rate.set(lr)
-        metrics.grad_norm.set(grad_norm)
+        if grad_norm is not None:
+            metrics.grad_norm.set(grad_norm)
         metrics.tokens.inc(tokens_per_step)
         metrics.tokens_per_second.set(tokens_per_step / step_seconds)
         metrics.step_duration_seconds.set(step_seconds)
@@ -285,8 +288,9 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
         if is_master and (step % training.log_interval_steps == 0 or step == training.max_steps):
             elapsed = time.perf_counter() - interval_started
             log.info(
-                "step %d/%d | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | %.1f ms/step%s",
-                step, training.max_steps, loss_mean, lr, grad_norm,
+                "step %d/%d | loss %.4f | lr %.3e | grad norm %s | %.0f tok/s | %.1f ms/step%s",
+                step, training.max_steps, loss_mean, lr,
+                "n/a" if grad_norm is None else f"{grad_norm:.3f}",
                 tokens_per_step * interval_steps / elapsed, 1000 * elapsed / interval_steps,
                 f" | mfu {100 * mfu:.1f}%" if mfu is not None else "",
             )  # fmt: skip
