@@ -3,6 +3,7 @@
 import json
 import re
 import signal
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -146,3 +147,30 @@ def test_bad_config_missing_data_and_bad_hostfile_fail_permanently(
     code, output = run(launch_command(hostfile, config, "127.0.0.9", free_port()))
     assert code == 2, output
     assert "llmjob-launch: invalid hostfile:" in output and "appears nowhere" in output
+
+
+def test_a_user_command_runs_under_the_same_contract_and_its_exit_code_comes_back(
+    tmp_path: Path, token_data: Path
+) -> None:
+    """`llmjob-launch ... -- cmd`: each rank gets the rendezvous env; a failing rank's
+    exit code (here 7, retryable) is the pod's exit code."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("127.0.0.1 slots=2\n")
+    script = (
+        "import os, sys; e = os.environ; "
+        f"open('{tmp_path}/rank-' + e['RANK'], 'w').write("
+        "' '.join(e[k] for k in ('WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'))); "
+        "sys.exit(7 if e['RANK'] == '1' else 0)"
+    )
+    port = free_port()
+    command = [
+        *launch_command(hostfile, tmp_path / "unused.json", "127.0.0.1", port),
+        "--",
+        sys.executable,
+        "-c",
+        script,
+    ]
+    trainer = Trainer(command, trainer_env(), tmp_path / "launch.log")
+    assert trainer.wait(timeout=120) == 7, trainer.output()[-3000:]
+    assert (tmp_path / "rank-0").read_text() == f"2 0 127.0.0.1 {port}"
+    assert (tmp_path / "rank-1").read_text() == f"2 1 127.0.0.1 {port}"

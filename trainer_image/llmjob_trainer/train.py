@@ -216,6 +216,8 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
     metrics.attempt.set(int(os.environ.get("LLMJOB_ATTEMPT", "0")))
     metrics.step.set(step)
     metrics.tokens.inc(tokens_seen)
+    if step:
+        metrics.last_checkpoint_step.set(step)
 
     tokens_per_step = training.samples_per_step(world_size) * training.seq_len
     parameters = sum(p.numel() for p in model.parameters())
