@@ -453,6 +453,7 @@ class _Planner:
             self.handle_failure(*found)
             return
         if len(current) == self.spec.workers and all(w.succeeded for w in current):
+            self.record_completion()
             self.finish("Succeeded", "Completed", f"all {self.spec.workers} workers exited 0")
             return
         if not any(w.started for w in current):
@@ -475,6 +476,18 @@ class _Planner:
             recovery = (at - self.status.last_failure.time).total_seconds()
             self.timings.append(Timing("recovery", recovery))
 
+    def record_completion(self) -> None:
+        """Exit 0 means every step ran and the final checkpoint is committed (DESIGN §3);
+        the last /metrics read may predate the last steps."""
+        max_steps = self.spec.training.max_steps
+        progress = self.status.progress or Progress()
+        self.update(
+            progress=progress.model_copy(
+                update={"step": max_steps, "max_steps": max_steps, "eta_seconds": 0}
+            ),
+            checkpoint=CheckpointStatus(step=max_steps, tag=f"step{max_steps}", time=self.now),
+        )
+
     def record_progress(self, seen: TrainerProgress | None) -> None:
         if seen is None or seen.step is None:
             return
@@ -492,7 +505,7 @@ class _Planner:
             progress=Progress(
                 step=seen.step,
                 max_steps=max_steps,
-                loss=seen.loss,
+                loss=round(seen.loss, 4) if seen.loss is not None else None,
                 tokens_per_second=seen.tokens_per_second,
                 eta_seconds=eta,
                 updated_time=self.now,

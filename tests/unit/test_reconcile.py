@@ -269,7 +269,7 @@ def test_advancing_steps_fill_progress_and_push_the_stall_deadline() -> None:
         status=running_status(runningTime=ago(300).isoformat(), progress=progress_status),
         workers=[worker(0), worker(1)],
         progress=TrainerProgress(
-            step=41, loss=2.5, tokens_per_second=1024.0, last_checkpoint_step=40
+            step=41, loss=2.500049, tokens_per_second=1024.0, last_checkpoint_step=40
         ),
     )
     progress = result.status.progress
@@ -340,6 +340,8 @@ def test_all_workers_exiting_zero_succeeds() -> None:
     assert result.status.phase == "Succeeded"
     assert next(c for c in result.status.conditions if c.type == "Succeeded").status == "True"
     assert deleted(result) == set()
+    assert result.status.progress is not None and result.status.progress.step == 1000
+    assert result.status.checkpoint is not None and result.status.checkpoint.step == 1000
 
 
 def test_ttl_deletes_the_finished_job_when_due() -> None:
