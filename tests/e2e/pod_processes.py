@@ -15,7 +15,11 @@ def _environ(pid_dir: Path) -> dict[str, str]:
 
 def _cmdline(pid_dir: Path) -> list[str]:
     try:
-        return [part.decode(errors="replace") for part in (pid_dir / "cmdline").read_bytes().split(b"\0") if part]
+        return [
+            part.decode(errors="replace")
+            for part in (pid_dir / "cmdline").read_bytes().split(b"\0")
+            if part
+        ]
     except OSError:
         return []
 
