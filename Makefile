@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/dev
 export LLMJOB_CACHE
 
-.PHONY: help venv lint crds test test-unit cluster cluster-down bench bench-gpu bench-operator
+.PHONY: help venv lint crds test test-unit cluster cluster-down bench bench-gpu bench-operator demo
 
 help:
 	@echo "make demo | test | test-unit | lint | crds | venv | cluster | cluster-down | bench | bench-gpu"
@@ -44,6 +44,10 @@ cluster: venv
 
 cluster-down: venv
 	$(DEVCLUSTER) down
+
+# A real training job through the operator on the local cluster (README: what it does).
+demo: cluster
+	$(PY) dev/demo.py
 
 # Operator startup/recovery seconds for 1 and 20 jobs at once (stand-in workers).
 bench-operator: cluster
