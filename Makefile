@@ -14,10 +14,10 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/dev
 export LLMJOB_CACHE
 
-.PHONY: help venv lint crds test test-unit
+.PHONY: help venv lint crds test test-unit cluster cluster-down
 
 help:
-	@echo "make demo | test | test-unit | lint | crds | venv"
+	@echo "make demo | test | test-unit | lint | crds | venv | cluster | cluster-down"
 
 venv:
 	@LLMJOB_VENV=$(VENV) PYTHON_BASE=$(PYTHON_BASE) bash dev/venv.sh
@@ -34,5 +34,20 @@ crds: venv
 test-unit: venv
 	$(PY) -m pytest tests/unit
 
+# The local cluster (dev/, README "The local cluster"): state in .devcluster/, binaries
+# built once into $(LLMJOB_CACHE)/k8s-<hash>/.
+DEVCLUSTER := $(PY) -m llmjob_devcluster.cluster
+
+cluster: venv
+	$(DEVCLUSTER) up
+
+cluster-down: venv
+	$(DEVCLUSTER) down
+
+# Runs the whole suite on the local cluster; stops the cluster afterwards (also when a
+# test fails) unless it was already running before.
 test: lint
-	$(PY) -m pytest tests/unit
+	@if $(DEVCLUSTER) status >/dev/null 2>&1; then was_up=yes; else was_up=no; fi; \
+	trap '[ $$was_up = yes ] || $(DEVCLUSTER) down' EXIT; \
+	$(DEVCLUSTER) up; \
+	$(PY) -m pytest tests

@@ -1,0 +1,433 @@
+"""The node agent: one process standing in for the kubelets of N nodes.
+
+It registers the nodes (cpu, memory, pods and nvidia.com/gpu capacity), keeps their
+Leases and Ready conditions fresh, watches the pods the real kube-scheduler binds to
+them and runs each as local processes (runtime.PodWorker), keeps every pod's /etc/hosts
+in step with the headless Services of its namespace, provisions hostPath volumes for
+the dev StorageClass (provisioner.py), and serves container logs on each node's kubelet
+endpoint so `kubectl logs` works.
+
+Losing a node on purpose (for failure tests): create the file
+`.devcluster/control/lost-<node>`. The agent then kills that node's pods at once and
+stops its heartbeats, as if the machine had died; the real node-lifecycle controller
+marks it NotReady and taints it, and the taint evicts its pods. Remove the file and the
+node comes back (Ready, heartbeats, runs what is bound to it).
+
+Configuration (environment): LLMJOB_DEVCLUSTER_NODES (2), LLMJOB_DEVCLUSTER_GPUS_PER_NODE
+(8), LLMJOB_DEVCLUSTER_CPUS_PER_NODE (16), LLMJOB_DEVCLUSTER_MEMORY_PER_NODE (64Gi).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from llmjob_devcluster import kube, podspec, provisioner
+from llmjob_devcluster.kubelet_server import KubeletServer
+from llmjob_devcluster.layout import MAX_NODES, Layout
+from llmjob_devcluster.runtime import PodWorker
+
+log = logging.getLogger("llmjob_devcluster.agent")
+
+LEASE_RENEW_SECONDS = 2.0
+LEASE_DURATION_SECONDS = 10
+STATUS_HEARTBEAT_SECONDS = 10.0
+KUBELET_VERSION = "v1.37.2"
+NODE_NAME_PREFIX = "llmjob-node-"
+
+
+class NodeAgent:
+    def __init__(self, layout: Layout, nodes: int, capacity: dict[str, str]) -> None:
+        if not 1 <= nodes <= MAX_NODES:
+            raise SystemExit(f"LLMJOB_DEVCLUSTER_NODES must be 1..{MAX_NODES}")
+        self.layout = layout
+        self.api = kube.api_client(layout.kubeconfig)
+        self.core = client.CoreV1Api(self.api)
+        self.coordination = client.CoordinationV1Api(self.api)
+        self.node_names = [f"{NODE_NAME_PREFIX}{index}" for index in range(nodes)]
+        self.capacity = capacity
+        self.workers: dict[str, PodWorker] = {}
+        self.workers_lock = threading.Lock()
+        self.services: dict[tuple[str, str], dict[str, Any]] = {}
+        self.services_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.ip_lock = threading.Lock()
+        self.free_ips: list[str] = []
+        self.next_ip = 0
+        self.lost: set[str] = set()
+
+    # --- PodHost --------------------------------------------------------------------------
+
+    def allocatable(self, node: str) -> dict[str, str]:
+        return self.capacity
+
+    def node_ip(self, node: str) -> str:
+        return self.layout.node_ip(self.node_names.index(node))
+
+    def allocate_ip(self) -> str:
+        """127.<cluster>.<1..255>.<1..254>: unique per live pod, reused after it is gone."""
+        with self.ip_lock:
+            if self.free_ips:
+                return self.free_ips.pop(0)
+            self.next_ip += 1
+            third, fourth = divmod(self.next_ip - 1, 254)
+            if third >= 255:
+                raise RuntimeError("out of pod addresses")
+            return f"127.{self.layout.address_octet}.{third + 1}.{fourth + 1}"
+
+    def release_ip(self, ip: str) -> None:
+        with self.ip_lock:
+            self.free_ips.append(ip)
+
+    # --- nodes ----------------------------------------------------------------------------
+
+    def node_object(self, index: int, name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "node.kubernetes.io/instance-type": "llmjob-dev",
+                },
+            },
+            "spec": {},
+        }
+
+    def node_status(self, index: int, name: str) -> dict[str, Any]:
+        now = kube.now()
+        conditions = [
+            ("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+            ("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+            ("PIDPressure", "False", "KubeletHasSufficientPID"),
+            ("Ready", "True", "KubeletReady"),
+        ]
+        return {
+            "capacity": self.capacity,
+            "allocatable": self.capacity,
+            "conditions": [
+                {
+                    "type": kind,
+                    "status": value,
+                    "reason": reason,
+                    "message": "llmjob node agent",
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                }
+                for kind, value, reason in conditions
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": self.layout.node_ip(index)},
+                {"type": "Hostname", "address": name},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.layout.kubelet_port(index)}},
+            "nodeInfo": {
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+                "kernelVersion": platform.release(),
+                "osImage": "llmjob dev node (host processes)",
+                "containerRuntimeVersion": "llmjob://1",
+                "kubeletVersion": KUBELET_VERSION,
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
+        }
+
+    def register(self, index: int, name: str) -> None:
+        try:
+            self.core.create_node(kube.model(client.V1Node, self.node_object(index, name)))
+        except client.ApiException as error:
+            if not kube.is_status(error, 409):
+                raise
+        self.patch_node_status(index, name)
+
+    def patch_node_status(self, index: int, name: str) -> None:
+        """Writes Ready=True with a fresh heartbeat. lastTransitionTime is only sent when
+        the condition actually changes, so the API keeps the time it became Ready."""
+        status = self.node_status(index, name)
+        current = kube.as_dict(self.api, self.core.read_node_status(name))
+        previous = {c["type"]: c for c in (current.get("status") or {}).get("conditions") or []}
+        for condition in status["conditions"]:
+            old = previous.get(condition["type"])
+            if old is not None and old["status"] == condition["status"]:
+                condition["lastTransitionTime"] = old["lastTransitionTime"]
+        self.core.patch_node_status(
+            name, {"status": status}, _content_type="application/strategic-merge-patch+json"
+        )
+
+    def renew_lease(self, name: str) -> None:
+        lease: dict[str, Any] = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": "kube-node-lease"},
+            "spec": {
+                "holderIdentity": name,
+                "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+                "renewTime": kube.now_micro(),
+            },
+        }
+        try:
+            self.coordination.patch_namespaced_lease(
+                name,
+                "kube-node-lease",
+                {"spec": lease["spec"]},
+                _content_type="application/merge-patch+json",
+            )
+        except client.ApiException as error:
+            if not kube.is_status(error, 404):
+                raise
+            node = kube.as_dict(self.api, self.core.read_node(name))
+            lease["metadata"]["ownerReferences"] = [
+                {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"]["uid"]}
+            ]
+            self.coordination.create_namespaced_lease(
+                "kube-node-lease", kube.model(client.V1Lease, lease)
+            )
+
+    def heartbeat_loop(self) -> None:
+        last_status: dict[str, float] = {}
+        while not self.stopping.is_set():
+            self.check_lost_nodes()
+            for index, name in enumerate(self.node_names):
+                if name in self.lost:
+                    last_status.pop(name, None)
+                    continue
+                try:
+                    self.renew_lease(name)
+                    if time.monotonic() - last_status.get(name, 0.0) > STATUS_HEARTBEAT_SECONDS:
+                        self.patch_node_status(index, name)
+                        last_status[name] = time.monotonic()
+                except client.ApiException as error:
+                    log.warning("node %s heartbeat failed: %s", name, error.reason)
+            self.stopping.wait(LEASE_RENEW_SECONDS)
+
+    def check_lost_nodes(self) -> None:
+        lost = {
+            name for name in self.node_names if (self.layout.control_dir / f"lost-{name}").exists()
+        }
+        for name in lost - self.lost:
+            log.warning("node %s lost on purpose: killing its pods, stopping heartbeats", name)
+            with self.workers_lock:
+                for worker in self.workers.values():
+                    if worker.node == name:
+                        worker.lost.set()
+        for name in self.lost - lost:
+            log.warning("node %s back", name)
+            with self.workers_lock:
+                for uid in [uid for uid, w in self.workers.items() if w.node == name]:
+                    del self.workers[uid]
+        self.lost = lost
+
+    # --- pods -----------------------------------------------------------------------------
+
+    def handle_pod(self, event_type: str, pod: dict[str, Any]) -> None:
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node not in self.node_names or node in self.lost:
+            return
+        uid = pod["metadata"]["uid"]
+        with self.workers_lock:
+            worker = self.workers.get(uid)
+            if event_type == "DELETED":
+                if worker is not None:
+                    # Force-deleted (grace 0) by someone else: stop its processes now.
+                    worker.pod["metadata"].setdefault("deletionTimestamp", kube.now())
+                    worker.pod["metadata"]["deletionGracePeriodSeconds"] = 0
+                return
+            if worker is None:
+                worker = PodWorker(self, pod)
+                self.workers[uid] = worker
+                worker.start()
+            else:
+                worker.update(pod)
+
+    def pod_watch_loop(self) -> None:
+        """Lists, then watches, every bound pod (the field selector); a relist after any
+        watch error also notices pods deleted while the watch was down."""
+        while not self.stopping.is_set():
+            try:
+                listing = kube.as_dict(
+                    self.api,
+                    self.core.list_pod_for_all_namespaces(field_selector="spec.nodeName!="),
+                )
+                seen = set()
+                for pod in listing["items"]:
+                    seen.add(pod["metadata"]["uid"])
+                    self.handle_pod("ADDED", pod)
+                with self.workers_lock:
+                    gone = [w for uid, w in self.workers.items() if uid not in seen]
+                for worker in gone:
+                    self.handle_pod("DELETED", worker.pod)
+                for event_type, pod in kube.watch_events(
+                    self.core.list_pod_for_all_namespaces,
+                    field_selector="spec.nodeName!=",
+                    resource_version=listing["metadata"]["resourceVersion"],
+                    timeout_seconds=300,
+                ):
+                    if self.stopping.is_set():
+                        return
+                    self.handle_pod(event_type, pod)
+            except Exception as error:
+                if self.stopping.is_set():
+                    return
+                log.warning("pod watch restarts after: %s", error)
+                time.sleep(1)
+
+    def reap_workers(self) -> None:
+        with self.workers_lock:
+            for uid in [
+                uid
+                for uid, w in self.workers.items()
+                if not w.is_alive() and w.finished and w.node not in self.lost
+            ]:
+                if self.workers[uid].deleting:
+                    del self.workers[uid]
+
+    # --- /etc/hosts: cluster DNS for headless Services ------------------------------------
+
+    def service_watch_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                listing = kube.as_dict(self.api, self.core.list_service_for_all_namespaces())
+                with self.services_lock:
+                    self.services = {
+                        (s["metadata"]["namespace"], s["metadata"]["name"]): s
+                        for s in listing["items"]
+                    }
+                for event_type, service in kube.watch_events(
+                    self.core.list_service_for_all_namespaces,
+                    resource_version=listing["metadata"]["resourceVersion"],
+                    timeout_seconds=300,
+                ):
+                    key = (service["metadata"]["namespace"], service["metadata"]["name"])
+                    with self.services_lock:
+                        if event_type == "DELETED":
+                            self.services.pop(key, None)
+                        else:
+                            self.services[key] = service
+            except Exception as error:
+                if self.stopping.is_set():
+                    return
+                log.warning("service watch restarts after: %s", error)
+                time.sleep(1)
+
+    def peer_entries(self, namespace: str, workers: list[PodWorker]) -> list[tuple[str, list[str]]]:
+        """What cluster DNS would answer for the namespace's headless Services: each pod
+        with hostname+subdomain, selected by the headless Service named like its
+        subdomain, ready or published while not ready."""
+        entries = []
+        with self.services_lock:
+            services = {name: s for (ns, name), s in self.services.items() if ns == namespace}
+        for worker in workers:
+            service = services.get(worker.subdomain or "")
+            if service is None or worker.ip is None:
+                continue
+            spec = service.get("spec") or {}
+            if spec.get("clusterIP") != "None":
+                continue
+            labels = worker.pod["metadata"].get("labels") or {}
+            if spec.get("selector") and not podspec.selector_matches(spec["selector"], labels):
+                continue
+            if not (worker.ready or spec.get("publishNotReadyAddresses")):
+                continue
+            assert worker.subdomain is not None
+            entries.append(
+                (worker.ip, podspec.dns_names(worker.hostname, worker.subdomain, namespace))
+            )
+        return entries
+
+    def hosts_loop(self) -> None:
+        while not self.stopping.is_set():
+            self.reap_workers()
+            with self.workers_lock:
+                alive = [w for w in self.workers.values() if w.alive]
+            by_namespace: dict[str, list[PodWorker]] = {}
+            for worker in alive:
+                by_namespace.setdefault(worker.namespace, []).append(worker)
+            for namespace, workers in by_namespace.items():
+                peers = self.peer_entries(namespace, workers)
+                for worker in workers:
+                    assert worker.ip is not None
+                    own = [worker.hostname]
+                    if worker.subdomain:
+                        own = podspec.dns_names(worker.hostname, worker.subdomain, namespace) + own
+                    others = [(ip, names) for ip, names in peers if ip != worker.ip]
+                    with contextlib.suppress(OSError):
+                        worker.write_hosts(podspec.hosts_file(worker.ip, own, others))
+            self.stopping.wait(0.2)
+
+    # --- running --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.layout.control_dir.mkdir(parents=True, exist_ok=True)
+        self.layout.pods_dir.mkdir(parents=True, exist_ok=True)
+        self.layout.pods_dir.chmod(0o700)
+        provisioner.ensure_storage_class(self.api)
+        for index, name in enumerate(self.node_names):
+            self.register(index, name)
+            self.renew_lease(name)
+        servers = [
+            KubeletServer(self, name, self.layout.node_ip(i), self.layout.kubelet_port(i))
+            for i, name in enumerate(self.node_names)
+        ]
+        loops = [self.heartbeat_loop, self.pod_watch_loop, self.service_watch_loop, self.hosts_loop]
+        threads = [threading.Thread(target=loop, name=loop.__name__, daemon=True) for loop in loops]
+        threads.append(
+            threading.Thread(
+                target=provisioner.run,
+                args=(self.api, self.layout, self.stopping),
+                name="provisioner",
+                daemon=True,
+            )
+        )
+        for thread in threads:
+            thread.start()
+        for server in servers:
+            server.start()
+        (self.layout.state_dir / "agent-ready").write_text(str(os.getpid()))
+        log.info("nodes %s registered", ", ".join(self.node_names))
+        self.stopping.wait()
+        for server in servers:
+            server.stop()
+        with self.workers_lock:
+            workers = list(self.workers.values())
+        for worker in workers:
+            worker.shutdown.set()
+        for worker in workers:
+            worker.join(timeout=15)
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    layout = Layout.from_env()
+    capacity = {
+        "cpu": os.environ.get("LLMJOB_DEVCLUSTER_CPUS_PER_NODE", "16"),
+        "memory": os.environ.get("LLMJOB_DEVCLUSTER_MEMORY_PER_NODE", "64Gi"),
+        "pods": "110",
+        "ephemeral-storage": "100Gi",
+        "nvidia.com/gpu": os.environ.get("LLMJOB_DEVCLUSTER_GPUS_PER_NODE", "8"),
+    }
+    agent = NodeAgent(layout, int(os.environ.get("LLMJOB_DEVCLUSTER_NODES", "2")), capacity)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: agent.stopping.set())
+    agent.run()
+    Path(layout.state_dir / "agent-ready").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

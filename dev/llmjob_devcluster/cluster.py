@@ -1,0 +1,307 @@
+"""`make cluster` / `make cluster-down`: start and stop etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler and the node agent on 127.0.0.1.
+
+Usage: python -m llmjob_devcluster.cluster up|down|status
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from llmjob_devcluster import certs, processes
+from llmjob_devcluster.layout import REPO_ROOT, Layout
+from llmjob_devcluster.podprocs import kill_leftover_pods
+
+SERVICE_CIDR = "10.96.0.0/16"
+ADMIN = certs.ClientCert("admin", "kubernetes-admin", ("system:masters",))
+CONTROLLER_MANAGER = certs.ClientCert("controller-manager", "system:kube-controller-manager")
+SCHEDULER = certs.ClientCert("scheduler", "system:kube-scheduler")
+# The API server presents this to node agents when it fetches logs (kubectl logs).
+KUBELET_CLIENT = certs.ClientCert(
+    "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)
+)
+# Start order; stopped in reverse.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent")
+# Short node-lifecycle timings so that a lost node goes NotReady and its pods are evicted
+# within seconds in tests (upstream defaults: 40s lease, 50s grace, 300s tolerations).
+NODE_MONITOR_GRACE_SECONDS = 8
+UNREACHABLE_TOLERATION_SECONDS = 5
+
+
+def log(message: str) -> None:
+    print(f"devcluster: {message}", file=sys.stderr, flush=True)
+
+
+def build_binaries(layout: Layout) -> Path:
+    """Builds (or finds cached) the control-plane programs; links state_dir/bin to them."""
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "dev" / "build-controlplane.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    bin_dir = Path(result.stdout.strip().splitlines()[-1])
+    layout.state_dir.mkdir(parents=True, exist_ok=True)
+    if layout.bin_link.is_symlink() or layout.bin_link.exists():
+        layout.bin_link.unlink()
+    layout.bin_link.symlink_to(bin_dir)
+    return bin_dir
+
+
+def write_kubeconfig(layout: Layout, path: Path, client: certs.ClientCert) -> None:
+    def b64(name: str) -> str:
+        return base64.b64encode((layout.pki_dir / name).read_bytes()).decode()
+
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "llmjob-dev",
+                "cluster": {
+                    "server": layout.apiserver_url,
+                    "certificate-authority-data": b64("ca.crt"),
+                },
+            }
+        ],
+        "users": [
+            {
+                "name": client.common_name,
+                "user": {
+                    "client-certificate-data": b64(f"{client.name}.crt"),
+                    "client-key-data": b64(f"{client.name}.key"),
+                },
+            }
+        ],
+        "contexts": [
+            {
+                "name": "llmjob-dev",
+                "context": {"cluster": "llmjob-dev", "user": client.common_name},
+            }
+        ],
+        "current-context": "llmjob-dev",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+
+
+def component_argv(layout: Layout, bin_dir: Path, name: str) -> list[str]:
+    pki = layout.pki_dir
+    kubeconfigs = layout.state_dir / "kubeconfigs"
+    if name == "etcd":
+        client_url = f"http://127.0.0.1:{layout.etcd_client_port}"
+        peer_url = f"http://127.0.0.1:{layout.etcd_peer_port}"
+        return [
+            str(bin_dir / "etcd"),
+            "--name=devcluster",
+            f"--data-dir={layout.state_dir / 'etcd'}",
+            f"--listen-client-urls={client_url}",
+            f"--advertise-client-urls={client_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=devcluster={peer_url}",
+            # A throwaway dev cluster: durability across power loss is not worth the fsyncs.
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ]
+    if name == "kube-apiserver":
+        return [
+            str(bin_dir / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{layout.etcd_client_port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            # The endpoint reconciler refuses loopback addresses; pods reach the API server
+            # through KUBERNETES_SERVICE_HOST=127.0.0.1 instead of the service's cluster IP.
+            "--endpoint-reconciler-type=none",
+            f"--secure-port={layout.apiserver_port}",
+            f"--tls-cert-file={pki / 'serving.crt'}",
+            f"--tls-private-key-file={pki / 'serving.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--authorization-mode=Node,RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--kubelet-client-certificate={pki / (KUBELET_CLIENT.name + '.crt')}",
+            f"--kubelet-client-key={pki / (KUBELET_CLIENT.name + '.key')}",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--allow-privileged=true",
+            f"--default-not-ready-toleration-seconds={UNREACHABLE_TOLERATION_SECONDS}",
+            f"--default-unreachable-toleration-seconds={UNREACHABLE_TOLERATION_SECONDS}",
+            "--profiling=false",
+        ]
+    if name == "kube-controller-manager":
+        kubeconfig = kubeconfigs / "controller-manager.kubeconfig"
+        return [
+            str(bin_dir / "kube-controller-manager"),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={layout.controller_manager_port}",
+            "--leader-elect=false",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--node-monitor-period=1s",
+            f"--node-monitor-grace-period={NODE_MONITOR_GRACE_SECONDS}s",
+            "--profiling=false",
+        ]
+    if name == "kube-scheduler":
+        kubeconfig = kubeconfigs / "scheduler.kubeconfig"
+        return [
+            str(bin_dir / "kube-scheduler"),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={layout.scheduler_port}",
+            "--leader-elect=false",
+            "--profiling=false",
+        ]
+    if name == "node-agent":
+        return [sys.executable, "-m", "llmjob_devcluster.agent"]
+    raise ValueError(name)
+
+
+def _https_ok(url: str, layout: Layout, client_cert: bool) -> bool:
+    context = ssl.create_default_context(cafile=str(layout.pki_dir / "ca.crt"))
+    if client_cert:
+        context.load_cert_chain(
+            str(layout.pki_dir / f"{ADMIN.name}.crt"), str(layout.pki_dir / f"{ADMIN.name}.key")
+        )
+    else:
+        # kube-controller-manager and kube-scheduler serve self-signed health endpoints.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def is_healthy(layout: Layout, name: str) -> bool:
+    if name == "etcd":
+        try:
+            url = f"http://127.0.0.1:{layout.etcd_client_port}/health"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+    if name == "kube-apiserver":
+        return _https_ok(f"{layout.apiserver_url}/readyz", layout, client_cert=True)
+    if name == "kube-controller-manager":
+        return _https_ok(
+            f"https://127.0.0.1:{layout.controller_manager_port}/healthz", layout, False
+        )
+    if name == "kube-scheduler":
+        return _https_ok(f"https://127.0.0.1:{layout.scheduler_port}/healthz", layout, False)
+    if name == "node-agent":
+        return (layout.state_dir / "agent-ready").exists()
+    raise ValueError(name)
+
+
+def wait_healthy(
+    layout: Layout, name: str, process: subprocess.Popen[bytes], timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not is_healthy(layout, name):
+        if process.poll() is not None:
+            raise SystemExit(f"devcluster: {name} exited; see {layout.log_dir / (name + '.log')}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"devcluster: {name} not healthy after {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def up(layout: Layout) -> bool:
+    """Starts whatever is not running; returns whether it started anything."""
+    started_at = time.monotonic()
+    bin_dir = build_binaries(layout)
+    certs.ensure_pki(
+        layout.pki_dir,
+        server_ips=["127.0.0.1", "10.96.0.1"],
+        server_names=[
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ],
+        clients=[ADMIN, CONTROLLER_MANAGER, SCHEDULER, KUBELET_CLIENT],
+    )
+    write_kubeconfig(layout, layout.kubeconfig, ADMIN)
+    kubeconfigs = layout.state_dir / "kubeconfigs"
+    write_kubeconfig(layout, kubeconfigs / "controller-manager.kubeconfig", CONTROLLER_MANAGER)
+    write_kubeconfig(layout, kubeconfigs / "scheduler.kubeconfig", SCHEDULER)
+    env = dict(os.environ)
+    env["KUBECONFIG"] = str(layout.kubeconfig)
+    env["LLMJOB_DEVCLUSTER_DIR"] = str(layout.state_dir)
+    env["PYTHONPATH"] = str(REPO_ROOT / "dev")
+    started_any = False
+    for name in COMPONENTS:
+        if processes.running_pid(layout.pid_dir, name) is not None and is_healthy(layout, name):
+            continue
+        processes.stop(layout.pid_dir, name, grace=5)
+        if name == "node-agent":
+            (layout.state_dir / "agent-ready").unlink(missing_ok=True)
+        log(f"starting {name}")
+        process = processes.start(
+            layout.pid_dir, layout.log_dir, name, component_argv(layout, bin_dir, name), env
+        )
+        started_any = True
+        wait_healthy(layout, name, process, timeout=120)
+    verb = "started" if started_any else "already running"
+    log(f"{verb} in {time.monotonic() - started_at:.1f}s; KUBECONFIG={layout.kubeconfig}")
+    return started_any
+
+
+def down(layout: Layout) -> None:
+    for name in reversed(COMPONENTS):
+        # The node agent stops its pods on SIGTERM; give it time to run their grace periods.
+        processes.stop(layout.pid_dir, name, grace=40 if name == "node-agent" else 10)
+    kill_leftover_pods(layout.pods_dir)
+    (layout.state_dir / "agent-ready").unlink(missing_ok=True)
+    log("stopped")
+
+
+def status(layout: Layout) -> bool:
+    healthy = True
+    for name in COMPONENTS:
+        pid = processes.running_pid(layout.pid_dir, name)
+        ok = pid is not None and is_healthy(layout, name)
+        healthy = healthy and ok
+        print(f"{name:26} {'pid ' + str(pid) if pid else 'stopped':12} {'healthy' if ok else ''}")
+    return healthy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    args = parser.parse_args()
+    layout = Layout.from_env()
+    if args.command == "up":
+        up(layout)
+    elif args.command == "down":
+        down(layout)
+    elif not status(layout):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

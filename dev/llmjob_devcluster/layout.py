@@ -1,0 +1,104 @@
+"""Where one local cluster keeps its state and which loopback ports and addresses it uses.
+
+Several checkouts on one machine may each run a cluster (engineers work in parallel
+worktrees), so ports and 127.x address ranges are derived from the state directory's
+path: two clusters never collide without anyone choosing numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_STATE_DIR = REPO_ROOT / ".devcluster"
+# Every port of one cluster lies in [port_base, port_base + PORTS_PER_CLUSTER).
+PORTS_PER_CLUSTER = 20
+MAX_NODES = PORTS_PER_CLUSTER - 5
+
+
+@dataclass(frozen=True)
+class Layout:
+    state_dir: Path
+    index: int  # 0..199, derived from the state directory path
+
+    @classmethod
+    def from_env(cls) -> Layout:
+        state_dir = Path(os.environ.get("LLMJOB_DEVCLUSTER_DIR", DEFAULT_STATE_DIR)).resolve()
+        digest = hashlib.sha256(str(state_dir).encode()).digest()
+        return cls(state_dir=state_dir, index=int.from_bytes(digest[:4], "big") % 200)
+
+    @property
+    def port_base(self) -> int:
+        return 20000 + self.index * PORTS_PER_CLUSTER
+
+    @property
+    def etcd_client_port(self) -> int:
+        return self.port_base
+
+    @property
+    def etcd_peer_port(self) -> int:
+        return self.port_base + 1
+
+    @property
+    def apiserver_port(self) -> int:
+        return self.port_base + 2
+
+    @property
+    def controller_manager_port(self) -> int:
+        return self.port_base + 3
+
+    @property
+    def scheduler_port(self) -> int:
+        return self.port_base + 4
+
+    def kubelet_port(self, node_index: int) -> int:
+        return self.port_base + 5 + node_index
+
+    @property
+    def address_octet(self) -> int:
+        """Second octet of every 127.x address this cluster hands out (10..209)."""
+        return 10 + self.index
+
+    def node_ip(self, node_index: int) -> str:
+        return f"127.{self.address_octet}.0.{node_index + 1}"
+
+    @property
+    def apiserver_url(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def pid_dir(self) -> Path:
+        return self.state_dir / "pids"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def pods_dir(self) -> Path:
+        return self.state_dir / "pods"
+
+    @property
+    def volumes_dir(self) -> Path:
+        return self.state_dir / "volumes"
+
+    @property
+    def control_dir(self) -> Path:
+        """Files here steer the node agent (see agent.py: lost-node markers)."""
+        return self.state_dir / "control"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def bin_link(self) -> Path:
+        """Symlink to the cached bin directory holding kubectl, helm and the control plane."""
+        return self.state_dir / "bin"
