@@ -4,12 +4,13 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
 
+from tests.integration.helm_chart import RESTRICTED, Helm, create_namespace
 from tests.integration.jobs import Jobs
 from tests.integration.operator_process import OperatorProcess
 
@@ -74,3 +75,26 @@ def jobs(
     yield Jobs(api_client, namespace)
     if llmjob_operator.process is None or llmjob_operator.process.poll() is not None:
         llmjob_operator.start()
+
+
+# -- the Helm chart's tests (test_helm*.py) ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def helm(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm(kubeconfig, tmp_path_factory.mktemp("helm"))
+
+
+@pytest.fixture
+def restricted_namespaces(api_client: client.ApiClient) -> Iterator[Callable[[str], str]]:
+    """Makes namespaces that enforce the restricted Pod Security Standard; deletes them."""
+    created: list[str] = []
+    suffix = uuid.uuid4().hex[:5]
+
+    def make(prefix: str) -> str:
+        created.append(create_namespace(api_client, f"{prefix}-{suffix}", RESTRICTED))
+        return created[-1]
+
+    yield make
+    for name in created:
+        client.CoreV1Api(api_client).delete_namespace(name)

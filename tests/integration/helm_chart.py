@@ -50,6 +50,24 @@ class Helm:
         return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
+def install_monitoring_crds(kubectl: list[str]) -> None:
+    """prometheus-operator's ServiceMonitor, PodMonitor and PrometheusRule CRDs, so that the
+    API server validates the chart's monitors and rules against their real schemas."""
+    crds = subprocess.run(
+        ["bash", str(REPO / "dev" / "prometheus-operator-crds.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    for kind in ("servicemonitors", "podmonitors", "prometheusrules"):
+        path = f"{crds}/monitoring.coreos.com_{kind}.yaml"
+        subprocess.run([*kubectl, "apply", "--server-side", "-f", path], check=True)
+        subprocess.run(
+            [*kubectl, "wait", "--for=condition=Established", "-f", path, "--timeout=60s"],
+            check=True,
+        )
+
+
 def operator_values(**values: Any) -> dict[str, Any]:
     """Values for an install on the local cluster: pods share the host's network, so the
     operator's ports must be free ones, not the defaults another operator may hold."""

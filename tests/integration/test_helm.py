@@ -5,8 +5,6 @@ restricted pod security, helm test, upgrade and uninstall."""
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,10 +13,8 @@ from kubernetes import client
 
 from tests.integration.helm_chart import (
     CHART,
-    REPO,
-    RESTRICTED,
     Helm,
-    create_namespace,
+    install_monitoring_crds,
     installed,
     kubectl_json,
     operator_pod,
@@ -49,41 +45,8 @@ ALL_OPT_INS = {
 
 
 @pytest.fixture(scope="module")
-def helm(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    return Helm(kubeconfig, tmp_path_factory.mktemp("helm"))
-
-
-@pytest.fixture(scope="module")
 def monitoring_crds(kubectl: list[str]) -> None:
-    """prometheus-operator's CRDs, so the API server validates the chart's monitors."""
-    crds = subprocess.run(
-        ["bash", str(REPO / "dev" / "prometheus-operator-crds.sh")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    for kind in ("servicemonitors", "podmonitors", "prometheusrules"):
-        path = f"{crds}/monitoring.coreos.com_{kind}.yaml"
-        subprocess.run([*kubectl, "apply", "--server-side", "-f", path], check=True)
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", "-f", path, "--timeout=60s"],
-            check=True,
-        )
-
-
-@pytest.fixture
-def namespaces(api_client: client.ApiClient) -> Iterator[Any]:
-    """Creates namespaces labelled for the restricted Pod Security Standard; deletes them."""
-    created: list[str] = []
-    suffix = uuid.uuid4().hex[:5]
-
-    def make(prefix: str, labels: dict[str, str] = RESTRICTED) -> str:
-        created.append(create_namespace(api_client, f"{prefix}-{suffix}", labels))
-        return created[-1]
-
-    yield make
-    for name in created:
-        client.CoreV1Api(api_client).delete_namespace(name)
+    install_monitoring_crds(kubectl)
 
 
 def is_hook(doc: dict[str, Any]) -> bool:
@@ -152,13 +115,13 @@ def test_lint_strict(helm: Helm, values: dict[str, Any]) -> None:
 def test_rendered_chart_is_accepted_by_the_api_server(
     helm: Helm,
     kubectl: list[str],
-    namespaces: Any,
+    restricted_namespaces: Any,
     crd_installed: None,
     monitoring_crds: None,
     mode: str,
 ) -> None:
-    release_ns = namespaces("llmjob-dry")
-    job_ns = namespaces("team-dry")
+    release_ns = restricted_namespaces("llmjob-dry")
+    job_ns = restricted_namespaces("team-dry")
     values: dict[str, Any] = {
         **ALL_OPT_INS,
         "networkPolicy": {"enabled": True, "jobNamespaces": [job_ns]},
@@ -221,12 +184,12 @@ def test_install_reconciles_in_cluster_then_upgrade_and_uninstall_leave_nothing(
     helm: Helm,
     api_client: client.ApiClient,
     kubectl: list[str],
-    namespaces: Any,
+    restricted_namespaces: Any,
     crd_installed: None,
     venv_bin: str,
 ) -> None:
-    release_ns = namespaces("llmjob-system")
-    job_ns = namespaces("team-a")
+    release_ns = restricted_namespaces("llmjob-system")
+    job_ns = restricted_namespaces("team-a")
     release = "llmjob"
     service_account = f"system:serviceaccount:{release_ns}:{release}-llmjob-operator"
     values = operator_values(defaultTrainerImage="llmjob/trainer:test")
@@ -308,13 +271,13 @@ def test_namespaced_install_is_confined_to_its_namespaces(
     helm: Helm,
     api_client: client.ApiClient,
     kubectl: list[str],
-    namespaces: Any,
+    restricted_namespaces: Any,
     crd_installed: None,
     venv_bin: str,
 ) -> None:
-    release_ns = namespaces("llmjob-ns")
-    watched = namespaces("team-w")
-    other = namespaces("team-o")
+    release_ns = restricted_namespaces("llmjob-ns")
+    watched = restricted_namespaces("team-w")
+    other = restricted_namespaces("team-o")
     release = "scoped"
     service_account = f"system:serviceaccount:{release_ns}:{release}-llmjob-operator"
     values = operator_values(watchNamespaces=[watched], rbac={"create": True, "userRoles": False})
