@@ -25,6 +25,7 @@ from llmjob_operator.api import (
 )
 from llmjob_operator.observe import Observed, TrainerProgress, WorkerState
 from llmjob_operator.policy import (
+    DISRUPTION_CONDITION,
     Verdict,
     backoff_seconds,
     classify,
@@ -335,7 +336,11 @@ class _Planner:
             return classify(failed[0], self.spec.failure_policy), failed[0]
         for worker in current:
             if worker.deleting and not worker.succeeded:
-                return classify(worker, self.spec.failure_policy), worker
+                # Deleted under a running gang: a disruption (eviction, preemption, node loss)
+                # says so with a pod condition; a plain delete is not the training's fault.
+                if DISRUPTION_CONDITION in worker.true_conditions:
+                    return classify(worker, self.spec.failure_policy), worker
+                return vanished_verdict(worker.index), worker
         present = {w.index for w in current}
         gang_started = any(w.started for w in current)
         missing = [i for i in range(self.spec.workers) if i not in present]
@@ -344,15 +349,15 @@ class _Planner:
         return self.stall_verdict()
 
     def stall_verdict(self) -> tuple[Verdict, None] | None:
+        """Armed once this attempt's first step is seen: start-up (imports, JIT builds,
+        rendezvous) has no step to watch and is bounded by the launcher's own timeouts."""
         timeout = self.spec.failure_policy.stall_timeout_seconds
-        if timeout == 0 or self.status.phase != "Running" or self.status.running_time is None:
-            return None
         progress = self.status.progress
-        baseline = max(
-            self.status.running_time,
-            (progress.last_advance_time if progress else None) or self.status.running_time,
-        )
-        idle = self.seconds_since(baseline)
+        if timeout == 0 or self.status.phase != "Running" or progress is None:
+            return None
+        if progress.last_advance_time is None:
+            return None
+        idle = self.seconds_since(progress.last_advance_time)
         if idle < timeout:
             self.wake_in(timeout - idle)
             return None

@@ -1,6 +1,6 @@
-"""Fixtures for tests against the local cluster: the operator running, the CRD installed."""
+"""Fixtures for tests against the local cluster: the operator running, the CRD installed.
+The cluster itself, clients, kubectl and namespaces come from tests/conftest.py."""
 
-import os
 import subprocess
 import sys
 import uuid
@@ -8,8 +8,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
+from tests.conftest import wait_for
 from tests.integration.helm_chart import RESTRICTED, Helm, create_namespace
 from tests.integration.jobs import Jobs
 from tests.integration.operator_process import OperatorProcess
@@ -18,32 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def kubeconfig() -> Path:
-    return Path(os.environ.get("LLMJOB_KUBECONFIG", REPO / ".devcluster" / "kubeconfig"))
-
-
-@pytest.fixture(scope="session")
-def api_client(kubeconfig: Path) -> client.ApiClient:
-    return config.new_client_from_config(str(kubeconfig))
-
-
-@pytest.fixture(scope="session")
-def kubectl(kubeconfig: Path) -> list[str]:
-    return [str(kubeconfig.parent / "bin" / "kubectl"), f"--kubeconfig={kubeconfig}"]
-
-
-@pytest.fixture(scope="session")
 def venv_bin() -> str:
     return str(Path(sys.executable).parent)
-
-
-@pytest.fixture
-def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
-    core = client.CoreV1Api(api_client)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
 
 
 @pytest.fixture(scope="session")
@@ -92,8 +69,19 @@ def restricted_namespaces(api_client: client.ApiClient) -> Iterator[Callable[[st
     suffix = uuid.uuid4().hex[:5]
 
     def make(prefix: str) -> str:
-        created.append(create_namespace(api_client, f"{prefix}-{suffix}", RESTRICTED))
-        return created[-1]
+        name = create_namespace(api_client, f"{prefix}-{suffix}", RESTRICTED)
+        created.append(name)
+        # Pods are admitted only once the namespace's default ServiceAccount exists.
+        core = client.CoreV1Api(api_client)
+        wait_for(
+            lambda: any(
+                sa.metadata.name == "default"
+                for sa in core.list_namespaced_service_account(name).items
+            ),
+            timeout=30,
+            what=f"default ServiceAccount in {name}",
+        )
+        return name
 
     yield make
     for name in created:

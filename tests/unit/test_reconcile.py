@@ -395,3 +395,20 @@ def test_invalid_spec_fails_once_with_the_field_named() -> None:
     assert (condition.reason, condition.message) == ("InvalidSpec", "spec.workers: must be >= 1")
     assert result.events[0].reason == "InvalidSpec"
     assert plan_invalid(result.status, 4, "spec.workers: must be >= 1", NOW).events == []
+
+
+def test_a_plainly_deleted_running_pod_is_not_the_trainings_fault() -> None:
+    result = run(status=running_status(), workers=[worker(0), worker(1, deleting=True)])
+    assert result.status.phase == "Restarting"
+    assert (result.status.restarts, result.status.disruptions) == (0, 1)
+    assert result.status.last_failure is not None
+    assert result.status.last_failure.reason == "PodDeleted"
+
+
+def test_stall_detection_waits_for_the_attempts_first_step() -> None:
+    result = run(
+        status=running_status(runningTime=ago(3000).isoformat()),
+        workers=[worker(0), worker(1)],
+        progress=TrainerProgress(error="connection refused"),
+    )
+    assert result.status.phase == "Running"
