@@ -94,7 +94,7 @@ class NodeAgent:
 
     # --- nodes ----------------------------------------------------------------------------
 
-    def node_object(self, index: int, name: str) -> dict[str, Any]:
+    def node_object(self, name: str) -> dict[str, Any]:
         return {
             "apiVersion": "v1",
             "kind": "Node",
@@ -153,7 +153,7 @@ class NodeAgent:
 
     def register(self, index: int, name: str) -> None:
         try:
-            self.core.create_node(kube.model(client.V1Node, self.node_object(index, name)))
+            self.core.create_node(kube.model(client.V1Node, self.node_object(name)))
         except client.ApiException as error:
             if not kube.is_status(error, 409):
                 raise

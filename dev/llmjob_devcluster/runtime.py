@@ -78,7 +78,6 @@ class ContainerConfigError(Exception):
 @dataclass
 class Container:
     spec: dict[str, Any]
-    is_init: bool
     process: subprocess.Popen[bytes] | None = None
     restart_count: int = 0
     state: dict[str, Any] = field(
@@ -122,8 +121,8 @@ class PodWorker(threading.Thread):
         self.initialized = False
         self.phase = "Pending"
         self.start_time = kube.now()
-        self.init_containers = [Container(c, True) for c in pod["spec"].get("initContainers") or []]
-        self.containers = [Container(c, False) for c in pod["spec"]["containers"]]
+        self.init_containers = [Container(c) for c in pod["spec"].get("initContainers") or []]
+        self.containers = [Container(c) for c in pod["spec"]["containers"]]
         self.condition_times: dict[str, tuple[str, str]] = {}
         self.published: dict[str, Any] | None = None
         self.finished = False  # the pod reached Succeeded/Failed and its processes are gone
@@ -535,8 +534,7 @@ class PodWorker(threading.Thread):
         try:
             if "exec" in probe:
                 probe_container = Container(
-                    {**container.spec, "command": probe["exec"]["command"], "args": []},
-                    is_init=False,
+                    {**container.spec, "command": probe["exec"]["command"], "args": []}
                 )
                 argv, env = self._container_argv(probe_container)
                 result = subprocess.run(

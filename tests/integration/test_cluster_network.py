@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import socket
 
 import pytest
 from kubernetes import client
@@ -16,8 +17,9 @@ pytestmark = pytest.mark.integration
 # Each peer serves its own name on its pod IP, then connects to the other by DNS name.
 PEER_SCRIPT = """
 import os, socket, sys, threading, time
-me, other, namespace = os.environ["HOSTNAME"], sys.argv[1], os.environ["NAMESPACE"]
-server = socket.create_server((os.environ["POD_IP"], 7000))
+me, other, port = os.environ["HOSTNAME"], sys.argv[1], int(sys.argv[2])
+namespace = os.environ["NAMESPACE"]
+server = socket.create_server((os.environ["POD_IP"], port))
 def serve():
     while True:
         connection, _ = server.accept()
@@ -28,7 +30,7 @@ name = f"{other}.gang.{namespace}.svc"
 deadline = time.monotonic() + 60
 while True:
     try:
-        with socket.create_connection((name, 7000), timeout=2) as connection:
+        with socket.create_connection((name, port), timeout=2) as connection:
             print("reached", connection.recv(100).decode(), "at", name, flush=True)
             break
     except OSError as error:
@@ -42,6 +44,9 @@ time.sleep(3)  # keep serving while the other side connects
 def test_two_pods_behind_a_headless_service_reach_each_other_by_dns_name(
     api_client: client.ApiClient, core: client.CoreV1Api, namespace: str, devcluster: Layout
 ) -> None:
+    # Pods share the host's network namespace: use a port nothing on the machine listens on.
+    with socket.create_server(("0.0.0.0", 0)) as probe_socket:
+        port = probe_socket.getsockname()[1]
     core.create_namespaced_service(
         namespace,
         kube.model(
@@ -52,7 +57,7 @@ def test_two_pods_behind_a_headless_service_reach_each_other_by_dns_name(
                     "clusterIP": "None",
                     "publishNotReadyAddresses": True,
                     "selector": {"app": "gang"},
-                    "ports": [{"name": "peer", "port": 7000}],
+                    "ports": [{"name": "peer", "port": port}],
                 },
             },
         ),
@@ -73,7 +78,7 @@ def test_two_pods_behind_a_headless_service_reach_each_other_by_dns_name(
                             {
                                 "name": "main",
                                 "image": "llmjob/trainer:dev",
-                                "command": ["python", "-c", PEER_SCRIPT, other],
+                                "command": ["python", "-c", PEER_SCRIPT, other, str(port)],
                                 "env": [
                                     {
                                         "name": "POD_IP",

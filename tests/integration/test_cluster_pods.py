@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -244,56 +245,87 @@ def test_restart_policy_on_failure_restarts_until_the_container_succeeds(
     assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
 
 
-def test_readiness_follows_the_probe_and_kubectl_logs_reads_the_container(
-    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str, kubectl: list[str]
+def test_readiness_follows_exec_and_tcp_probes_and_kubectl_logs_reads_the_container(
+    api_client: client.ApiClient,
+    core: client.CoreV1Api,
+    namespace: str,
+    kubectl: list[str],
+    tmp_path: Path,
 ) -> None:
-    # Serves on its pod IP only after a delay: the pod is Running before it is Ready.
-    script = (
+    # Both containers become ready only once the test opens the gate (a file on a hostPath
+    # volume): "gate" through an exec probe, "server" through a TCP probe on its pod IP.
+    # Pods share the host's network namespace, where a listener on 0.0.0.0 answers for every
+    # pod IP: the server's port must be one that nothing on the machine listens on.
+    with socket.create_server(("0.0.0.0", 0)) as probe_socket:
+        port = probe_socket.getsockname()[1]
+    server = (
         "import os, socket, time\n"
-        "print('warming up', flush=True)\n"
-        "time.sleep(2)\n"
-        "server = socket.create_server((os.environ['POD_IP'], 8080))\n"
+        "print('waiting for the gate', flush=True)\n"
+        "while not os.path.exists('/gate/open'):\n"
+        "    time.sleep(0.1)\n"
+        f"listener = socket.create_server((os.environ['POD_IP'], {port}))\n"
         "print('serving', flush=True)\n"
         "while True:\n"
-        "    server.accept()[0].close()\n"
+        "    listener.accept()[0].close()\n"
     )
+    gate_volume = [{"name": "gate", "mountPath": "/gate"}]
     create(
         core,
         namespace,
         {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": "server"},
+            "metadata": {"name": "gated"},
             "spec": {
                 "containers": [
                     {
-                        "name": "main",
+                        "name": "gate",
                         "image": IMAGE,
-                        "command": ["python", "-c", script],
-                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "command": ["sleep", "3600"],
+                        "volumeMounts": gate_volume,
+                        "readinessProbe": {
+                            "exec": {"command": ["test", "-e", "/gate/open"]},
+                            "periodSeconds": 1,
+                        },
+                    },
+                    {
+                        "name": "server",
+                        "image": IMAGE,
+                        "command": ["python", "-c", server],
+                        "ports": [{"name": "service", "containerPort": port}],
                         "env": [
                             {
                                 "name": "POD_IP",
                                 "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
                             }
                         ],
-                        "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1},
-                    }
-                ]
+                        "volumeMounts": gate_volume,
+                        "readinessProbe": {"tcpSocket": {"port": "service"}, "periodSeconds": 1},
+                    },
+                ],
+                "volumes": [{"name": "gate", "hostPath": {"path": str(tmp_path)}}],
             },
         },
     )
-    running = wait_for(
-        lambda: phase_is(api_client, core, "server", namespace, "Running"), 60, "Running"
-    )
-    assert not running["status"]["containerStatuses"][0]["ready"]
 
-    def ready() -> bool:
-        pod = read_pod(api_client, core, "server", namespace)
-        return pod is not None and pod["status"]["containerStatuses"][0]["ready"]
+    def readiness() -> dict[str, bool]:
+        pod = read_pod(api_client, core, "gated", namespace)
+        assert pod is not None
+        return {s["name"]: s["ready"] for s in pod["status"].get("containerStatuses") or []}
 
-    wait_for(ready, 30, "the readiness probe to pass")
+    wait_for(lambda: phase_is(api_client, core, "gated", namespace, "Running"), 60, "Running")
+    time.sleep(3)  # several probe periods
+    assert readiness() == {"gate": False, "server": False}
+
+    (tmp_path / "open").touch()
+    wait_for(lambda: readiness() == {"gate": True, "server": True}, 30, "both probes to pass")
+    pod = read_pod(api_client, core, "gated", namespace)
+    assert pod is not None
+    assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
     logs = subprocess.run(
-        [*kubectl, "logs", "-n", namespace, "server"], capture_output=True, text=True, check=True
+        [*kubectl, "logs", "-n", namespace, "gated", "-c", "server"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    assert logs == "warming up\nserving\n"
+    assert logs == "waiting for the gate\nserving\n"
