@@ -75,6 +75,7 @@ def fresh_namespace() -> None:
     existing = subprocess.run(
         [str(STATE / "bin" / "kubectl"), f"--kubeconfig={KUBECONFIG}", "get", "ns", NAMESPACE],
         capture_output=True,
+        check=False,
     )
     if existing.returncode == 0:
         say(f"deleting the previous run's namespace {NAMESPACE}")
