@@ -3,12 +3,15 @@ The cluster itself, clients, kubectl and namespaces come from tests/conftest.py.
 
 import subprocess
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
+from tests.conftest import wait_for
+from tests.integration.helm_chart import RESTRICTED, Helm, create_namespace
 from tests.integration.jobs import Jobs
 from tests.integration.operator_process import OperatorProcess
 
@@ -49,3 +52,37 @@ def jobs(
     yield Jobs(api_client, namespace)
     if llmjob_operator.process is None or llmjob_operator.process.poll() is not None:
         llmjob_operator.start()
+
+
+# -- the Helm chart's tests (test_helm*.py) ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def helm(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm(kubeconfig, tmp_path_factory.mktemp("helm"))
+
+
+@pytest.fixture
+def restricted_namespaces(api_client: client.ApiClient) -> Iterator[Callable[[str], str]]:
+    """Makes namespaces that enforce the restricted Pod Security Standard; deletes them."""
+    created: list[str] = []
+    suffix = uuid.uuid4().hex[:5]
+
+    def make(prefix: str) -> str:
+        name = create_namespace(api_client, f"{prefix}-{suffix}", RESTRICTED)
+        created.append(name)
+        # Pods are admitted only once the namespace's default ServiceAccount exists.
+        core = client.CoreV1Api(api_client)
+        wait_for(
+            lambda: any(
+                sa.metadata.name == "default"
+                for sa in core.list_namespaced_service_account(name).items
+            ),
+            timeout=30,
+            what=f"default ServiceAccount in {name}",
+        )
+        return name
+
+    yield make
+    for name in created:
+        client.CoreV1Api(api_client).delete_namespace(name)
