@@ -10,6 +10,7 @@ from llmjob_trainer.checkpoint import (
     LATEST,
     MANIFEST,
     Manifest,
+    fault_armed,
     newest_committed,
     read_manifest,
     stale,
@@ -151,3 +152,11 @@ def test_hostfile_is_parsed_by_deepspeed_and_the_pod_must_sit_at_its_index(
     hostfile.write_text("j-worker-0 gpus=8\n")
     with pytest.raises(HostfileError, match="bad entry"):
         read_hostfile(hostfile)
+
+
+def test_fault_injection_can_be_limited_to_one_attempt() -> None:
+    assert fault_armed("before-manifest:40", "before-manifest", 40, "3")
+    assert fault_armed("before-manifest:40@1", "before-manifest", 40, "1")
+    assert not fault_armed("before-manifest:40@1", "before-manifest", 40, "2")
+    assert not fault_armed("before-manifest:40@1", "after-step", 40, "1")
+    assert not fault_armed("", "before-manifest", 40, None)

@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 MANIFEST = "llmjob-manifest.json"
 LATEST = "latest"
 TAG_PATTERN = re.compile(r"^step_(\d{8,})$")
-# Fault injection for the resume tests: "<point>:<step>" makes rank 0 SIGKILL itself there.
+# Fault injection for the resume tests: "<point>:<step>" makes rank 0 SIGKILL itself there;
+# "<point>:<step>@<attempt>" only on that operator attempt (LLMJOB_ATTEMPT), so the retry
+# that resumes can pass the same point.
 FAULT_ENV = "LLMJOB_FAULT"
 
 
@@ -137,8 +139,15 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def fault_armed(spec: str, point: str, step: int, attempt: str | None) -> bool:
+    where, _, only_attempt = spec.partition("@")
+    return where == f"{point}:{step}" and (not only_attempt or only_attempt == attempt)
+
+
 def inject_fault(point: str, step: int) -> None:
-    if os.environ.get(FAULT_ENV) == f"{point}:{step}" and dist.get_rank() == 0:
+    spec = os.environ.get(FAULT_ENV, "")
+    armed = fault_armed(spec, point, step, os.environ.get("LLMJOB_ATTEMPT"))
+    if armed and dist.get_rank() == 0:
         log.warning("fault injection: SIGKILL at %s of step %d", point, step)
         os.kill(os.getpid(), signal.SIGKILL)
 
