@@ -33,6 +33,7 @@ from llmjob_operator.policy import (
     vanished_verdict,
 )
 from llmjob_operator.render import DesiredObjects, JobRef
+from llmjob_trainer.config import checkpoint_tag
 
 SPEC_HASH_ANNOTATION = "training.llmjob.dev/spec-hash"
 # A pod still Terminating this long after its deadline sits on a node that stopped
@@ -485,7 +486,9 @@ class _Planner:
             progress=progress.model_copy(
                 update={"step": max_steps, "max_steps": max_steps, "eta_seconds": 0}
             ),
-            checkpoint=CheckpointStatus(step=max_steps, tag=f"step{max_steps}", time=self.now),
+            checkpoint=CheckpointStatus(
+                step=max_steps, tag=checkpoint_tag(max_steps), time=self.now
+            ),
         )
 
     def record_progress(self, seen: TrainerProgress | None) -> None:
@@ -516,7 +519,7 @@ class _Planner:
             self.update(
                 checkpoint=CheckpointStatus(
                     step=seen.last_checkpoint_step,
-                    tag=f"step{seen.last_checkpoint_step}",
+                    tag=checkpoint_tag(seen.last_checkpoint_step),
                     time=seen.last_checkpoint_time,
                 )
             )

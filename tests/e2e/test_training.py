@@ -6,12 +6,14 @@ printed for the closing notes; run with `-s` to see them.
 
 import os
 import signal
+import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -227,3 +229,103 @@ def test_a_lost_node_restarts_uncounted_and_the_job_succeeds(
         marker.unlink(missing_ok=True)
     assert done["restarts"] == 0
     assert condition(done, "Succeeded")["status"] == "True"
+
+
+def _invalid(name: str, **spec: Any) -> dict[str, Any]:
+    document = trainer_job(name)
+    document["spec"].update(spec)
+    return document
+
+
+# (case, manifest, text the API server's or the operator's message must contain)
+SCHEMA_REJECTED: list[tuple[str, dict[str, Any], str]] = [
+    ("no workers", _invalid("bad-a", workers=0), "spec.workers"),
+    ("negative gpus", _invalid("bad-b", gpusPerWorker=-1), "spec.gpusPerWorker"),
+    (
+        "two model sources",
+        _invalid("bad-c", model={"preset": "tiny", "path": "/m"}),
+        "model.preset",
+    ),
+    (
+        "unknown precision",
+        _invalid("bad-d", training={**TRAINING, "precision": "fp8"}),
+        "precision",
+    ),
+    (
+        "claim and size",
+        _invalid("bad-e", checkpoint={"size": "1Gi", "claimName": "c"}),
+        "checkpoint",
+    ),
+    ("unknown field", _invalid("bad-f", worker=3), "worker"),
+    ("seq too short", _invalid("bad-g", training={**TRAINING, "seqLen": 4}), "seqLen"),
+    ("procs with gpus", _invalid("bad-h", gpusPerWorker=2, procsPerWorker=3), "procsPerWorker"),
+    (
+        "global batch",
+        _invalid("bad-i", training={**TRAINING, "globalBatchSize": 7}),
+        "globalBatchSize",
+    ),
+    (
+        "rule with two matchers",
+        _invalid(
+            "bad-j",
+            failurePolicy={
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {"operator": "In", "values": [1]},
+                        "onPodConditions": ["DisruptionTarget"],
+                    }
+                ]
+            },
+        ),
+        "onExitCodes",
+    ),
+    ("name too long", _invalid("a" * 55), "metadata.name"),
+]
+OPERATOR_REJECTED: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "deepspeed contradicts training",
+        _invalid("bad-k", deepspeed={"gradient_accumulation_steps": 8}),
+        "deepspeed.gradient_accumulation_steps",
+    ),
+    (
+        "mount of no volume",
+        _invalid("bad-l", volumeMounts=[{"name": "x", "mountPath": "/x"}]),
+        "volumeMounts",
+    ),
+    ("reserved env", _invalid("bad-m", env=[{"name": "LLMJOB_ATTEMPT", "value": "7"}]), "env"),
+    (
+        "seq beyond the model",
+        _invalid("bad-n", training={**TRAINING, "seqLen": 4096}),
+        "training.seqLen",
+    ),
+]
+
+
+def test_invalid_manifests_are_rejected_naming_the_field_and_others_still_train(
+    trainer_jobs: Jobs, kubectl: list[str]
+) -> None:
+    def apply(document: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*kubectl, "apply", "-n", trainer_jobs.namespace, "-f", "-"],
+            input=yaml.safe_dump(document),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    for case, document, field in SCHEMA_REJECTED:
+        result = apply(document)
+        assert result.returncode != 0, f"{case}: accepted"
+        assert field in result.stderr, f"{case}: {result.stderr}"
+    for case, document, _field in OPERATOR_REJECTED:
+        assert apply(document).returncode == 0, case
+    trainer_jobs.create(trainer_job("survivor", training={**TRAINING, "maxSteps": 20}))
+    for case, document, field in OPERATOR_REJECTED:
+        failed = trainer_jobs.wait_phase(document["metadata"]["name"], "Failed", timeout=60)
+        failure = condition(failed, "Failed")
+        assert failure["reason"] == "InvalidSpec", case
+        assert field in failure["message"], f"{case}: {failure['message']}"
+        assert trainer_jobs.pods(document["metadata"]["name"]) == [], case
+    assert len(SCHEMA_REJECTED) + len(OPERATOR_REJECTED) >= 10
+    trainer_jobs.wait_phase("survivor", "Succeeded", timeout=600)

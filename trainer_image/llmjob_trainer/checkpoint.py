@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from llmjob_trainer.config import checkpoint_tag
 from llmjob_trainer.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,6 @@ TAG_PATTERN = re.compile(r"^step_(\d{8,})$")
 # "<point>:<step>@<attempt>" only on that operator attempt (LLMJOB_ATTEMPT), so the retry
 # that resumes can pass the same point.
 FAULT_ENV = "LLMJOB_FAULT"
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
 
 
 @dataclass(frozen=True)
@@ -190,7 +187,7 @@ class Checkpointer:
 
     def commit(self, engine: Any, step: int, client_state: dict[str, Any]) -> Path:
         """Saves on every rank and commits; returns the committed directory."""
-        tag = tag_for(step)
+        tag = checkpoint_tag(step)
         checkpoint = self.directory / tag
         if self.is_master:
             self.directory.mkdir(parents=True, exist_ok=True)
