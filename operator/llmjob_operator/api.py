@@ -236,6 +236,16 @@ class FailurePolicy(ApiModel):
         default=False,
         description="Fail the job (reason Unschedulable) when schedulingTimeoutSeconds passes.",
     )
+    failure_settle_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=3600,
+        description="Before counting a restart, wait this long after the first failed worker "
+        "for signs that the gang was disrupted instead (a peer evicted from a lost node, "
+        "preempted): when a peer dies with its node, the survivors fail first. Cover the "
+        "cluster's node-monitor grace period plus the not-ready toleration to classify node "
+        "loss as a disruption; 0 counts at once.",
+    )
     rules: list[FailureRule] = Field(
         default_factory=list,
         max_length=32,
@@ -496,6 +506,7 @@ class FailureRecord(ApiModel):
     reason: str = Field(description="CamelCase classification, e.g. Error, OOMKilled, Stalled.")
     message: str = Field(default="", description="Human-readable detail.")
     worker: int | None = Field(default=None, description="Index of the failed worker.")
+    attempt: int | None = Field(default=None, description="The attempt that failed.")
     exit_code: int | None = Field(default=None, description="Container exit code, if any.")
     time: datetime = Field(description="When the failure was observed.")
 

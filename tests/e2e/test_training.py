@@ -212,7 +212,9 @@ def test_a_frozen_rank_is_detected_as_stalled_and_the_job_recovers(trainer_jobs:
 def test_a_lost_node_restarts_uncounted_and_the_job_succeeds(
     trainer_jobs: Jobs, devcluster: Layout, core: client.CoreV1Api
 ) -> None:
-    trainer_jobs.create(trainer_job("stranded", failurePolicy={"maxRestarts": 0}))
+    # The local cluster notices a lost node after 8s and evicts after 5s more (dev/cluster.py).
+    settle = {"maxRestarts": 0, "failureSettleSeconds": 30}
+    trainer_jobs.create(trainer_job("stranded", failurePolicy=settle))
     wait_for_step(trainer_jobs, "stranded", 10)
     node = trainer_jobs.core.read_namespaced_pod(
         "stranded-worker-1", trainer_jobs.namespace
