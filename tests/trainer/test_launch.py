@@ -111,6 +111,10 @@ def test_metrics_advance_and_sigterm_commits_exits_143_and_resumes(
 
     # The restarted gang resumes there; maxSteps may change (it is outside the config hash).
     config = write_config(tmp_path, token_data, maxSteps=stopped_at + 3, warmupSteps=3)
+    # One rank cannot take over two ranks' ZeRO state: refused, permanently (exit 2).
+    alone = Trainer(train_command(config), trainer_env(), tmp_path / "alone.log")
+    assert alone.wait(timeout=300) == 2, alone.output()[-3000:]
+    assert "was written by 2 ranks and this run has 1" in alone.output()
     resumed = Trainer(command, env, tmp_path / "resumed.log")
     trainers.append(resumed)
     assert resumed.wait(timeout=300) == 0, resumed.output()[-3000:]

@@ -58,6 +58,9 @@ def write_config(directory: Path, data: Path, steps: int, interval: int) -> Path
 def tokens_per_second(command: list[str]) -> float:
     env = {
         **os.environ,
+        # One thread: on a shared machine two OpenMP threads stall whenever either one is
+        # descheduled, which swings a run's speed several-fold; one thread degrades evenly.
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         "RANK": "0",
         "WORLD_SIZE": "1",
         "LOCAL_RANK": "0",
@@ -70,7 +73,7 @@ def tokens_per_second(command: list[str]) -> float:
 
 
 def main() -> None:
-    steps, interval = int(os.environ.get("BENCH_STEPS", "25")), 5
+    steps, interval = int(os.environ.get("BENCH_STEPS", "20")), 5
     with tempfile.TemporaryDirectory(prefix="llmjob-bench-") as scratch:
         directory = Path(scratch)
         stdlib = Path(os.__file__).parent
@@ -79,7 +82,7 @@ def main() -> None:
         ours_cmd = [sys.executable, "-m", "llmjob_trainer.train", "--config", str(config)]
         bare_cmd = [sys.executable, str(HERE / "bare_deepspeed.py"), str(config)]
         ours, bare = [], []
-        for attempt in range(int(os.environ.get("BENCH_ROUNDS", "4"))):
+        for attempt in range(int(os.environ.get("BENCH_ROUNDS", "5"))):
             ours.append(tokens_per_second(ours_cmd))
             bare.append(tokens_per_second(bare_cmd))
             print(
