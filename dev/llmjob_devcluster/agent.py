@@ -61,8 +61,7 @@ class NodeAgent:
         self.services_lock = threading.Lock()
         self.stopping = threading.Event()
         self.ip_lock = threading.Lock()
-        self.free_ips: list[str] = []
-        self.next_ip = 0
+        self.used_ips: set[str] = set()
         self.lost: set[str] = set()
 
     # --- PodHost --------------------------------------------------------------------------
@@ -73,24 +72,29 @@ class NodeAgent:
     def node_ip(self, node: str) -> str:
         return self.layout.node_ip(self.node_names.index(node))
 
-    def allocate_ip(self) -> str:
-        """127.<cluster>.<1..255>.<1..254>: unique per live pod, reused after it is gone."""
+    def allocate_ip(self, wanted: str | None) -> str:
+        """127.<cluster>.<1..254>.<1..254>, unique per live pod; `wanted` (the address a
+        pod already had before the agent restarted) is kept if it is still free."""
+        prefix = f"127.{self.layout.address_octet}."
         with self.ip_lock:
-            if self.free_ips:
-                return self.free_ips.pop(0)
-            self.next_ip += 1
-            third, fourth = divmod(self.next_ip - 1, 254)
-            if third >= 255:
-                raise RuntimeError("out of pod addresses")
-            return f"127.{self.layout.address_octet}.{third + 1}.{fourth + 1}"
+            if wanted and wanted.startswith(prefix) and wanted not in self.used_ips:
+                self.used_ips.add(wanted)
+                return wanted
+            for third in range(1, 255):
+                for fourth in range(1, 255):
+                    ip = f"{prefix}{third}.{fourth}"
+                    if ip not in self.used_ips:
+                        self.used_ips.add(ip)
+                        return ip
+        raise RuntimeError("out of pod addresses")
 
     def release_ip(self, ip: str) -> None:
         with self.ip_lock:
-            self.free_ips.append(ip)
+            self.used_ips.discard(ip)
 
     # --- nodes ----------------------------------------------------------------------------
 
-    def node_object(self, index: int, name: str) -> dict[str, Any]:
+    def node_object(self, name: str) -> dict[str, Any]:
         return {
             "apiVersion": "v1",
             "kind": "Node",
@@ -149,7 +153,7 @@ class NodeAgent:
 
     def register(self, index: int, name: str) -> None:
         try:
-            self.core.create_node(kube.model(client.V1Node, self.node_object(index, name)))
+            self.core.create_node(kube.model(client.V1Node, self.node_object(name)))
         except client.ApiException as error:
             if not kube.is_status(error, 409):
                 raise
@@ -225,12 +229,18 @@ class NodeAgent:
                 for worker in self.workers.values():
                     if worker.node == name:
                         worker.lost.set()
-        for name in self.lost - lost:
+        restored = self.lost - lost
+        for name in restored:
             log.warning("node %s back", name)
             with self.workers_lock:
                 for uid in [uid for uid, w in self.workers.items() if w.node == name]:
                     del self.workers[uid]
         self.lost = lost
+        for name in restored:
+            # What happened to its pods meanwhile (evictions) came while it was deaf.
+            listing = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}")
+            for pod in kube.as_dict(self.api, listing)["items"]:
+                self.handle_pod("ADDED", pod)
 
     # --- pods -----------------------------------------------------------------------------
 

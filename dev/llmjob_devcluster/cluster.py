@@ -1,7 +1,7 @@
 """`make cluster` / `make cluster-down`: start and stop etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler and the node agent on 127.0.0.1.
 
-Usage: python -m llmjob_devcluster.cluster up|down|status
+Usage: python -m llmjob_devcluster.cluster up|down|status|lose-node NODE|restore-node NODE
 """
 
 from __future__ import annotations
@@ -229,8 +229,8 @@ def wait_healthy(
         time.sleep(0.2)
 
 
-def up(layout: Layout) -> bool:
-    """Starts whatever is not running; returns whether it started anything."""
+def up(layout: Layout) -> None:
+    """Starts whatever is not running (idempotent)."""
     started_at = time.monotonic()
     bin_dir = build_binaries(layout)
     certs.ensure_pki(
@@ -268,7 +268,6 @@ def up(layout: Layout) -> bool:
         wait_healthy(layout, name, process, timeout=120)
     verb = "started" if started_any else "already running"
     log(f"{verb} in {time.monotonic() - started_at:.1f}s; KUBECONFIG={layout.kubeconfig}")
-    return started_any
 
 
 def down(layout: Layout) -> None:
@@ -292,13 +291,24 @@ def status(layout: Layout) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "lose-node", "restore-node"])
+    parser.add_argument("node", nargs="?", help="with lose-node/restore-node: the node's name")
     args = parser.parse_args()
     layout = Layout.from_env()
     if args.command == "up":
         up(layout)
     elif args.command == "down":
         down(layout)
+    elif args.command in ("lose-node", "restore-node"):
+        if not args.node:
+            parser.error(f"{args.command} needs a node name")
+        # The node agent polls this marker (see agent.py).
+        marker = layout.control_dir / f"lost-{args.node}"
+        if args.command == "lose-node":
+            layout.control_dir.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
     elif not status(layout):
         raise SystemExit(1)
 

@@ -64,7 +64,7 @@ class PodHost(Protocol):
 
     def release_ip(self, ip: str) -> None: ...
 
-    def allocate_ip(self) -> str: ...
+    def allocate_ip(self, wanted: str | None) -> str: ...
 
 
 class PodStoppedError(Exception):
@@ -78,7 +78,6 @@ class ContainerConfigError(Exception):
 @dataclass
 class Container:
     spec: dict[str, Any]
-    is_init: bool
     process: subprocess.Popen[bytes] | None = None
     restart_count: int = 0
     state: dict[str, Any] = field(
@@ -122,8 +121,8 @@ class PodWorker(threading.Thread):
         self.initialized = False
         self.phase = "Pending"
         self.start_time = kube.now()
-        self.init_containers = [Container(c, True) for c in pod["spec"].get("initContainers") or []]
-        self.containers = [Container(c, False) for c in pod["spec"]["containers"]]
+        self.init_containers = [Container(c) for c in pod["spec"].get("initContainers") or []]
+        self.containers = [Container(c) for c in pod["spec"]["containers"]]
         self.condition_times: dict[str, tuple[str, str]] = {}
         self.published: dict[str, Any] | None = None
         self.finished = False  # the pod reached Succeeded/Failed and its processes are gone
@@ -190,7 +189,11 @@ class PodWorker(threading.Thread):
             self.finished = True
             self._wait_for_deletion()
             return
-        self.ip = self.host.allocate_ip()
+        self._check_stop()
+        # A pod keeps its address for life, also across restarts of the node agent.
+        self.ip = self.host.allocate_ip(self.pod.get("status", {}).get("podIP"))
+        if self._ran_before():
+            return
         for container in self.init_containers[:1] or self.containers:
             container.state = {"waiting": {"reason": "ContainerCreating"}}
         self.publish()
@@ -210,6 +213,45 @@ class PodWorker(threading.Thread):
             container.state = {"waiting": {"reason": "ContainerCreating"}}
         self.publish()
         self._run_containers()
+
+    def _ran_before(self) -> bool:
+        """Handles a pod whose containers ran before this agent started (the agent or its
+        node was restarted): their processes are gone. Like the kubelet, it reports them
+        as ContainerStatusUnknown (exit code 137); a restartPolicy Never pod then fails,
+        others start again with their restart counts carried on. Returns whether the
+        pod is finished."""
+        previous = {
+            status["name"]: status
+            for status in self.pod.get("status", {}).get("containerStatuses") or []
+            if {"running", "terminated"} & (status.get("state") or {}).keys()
+        }
+        if not previous:
+            return False
+        for container in self.containers:
+            status = previous.get(container.name)
+            if status is None:
+                continue
+            state = status["state"]
+            if "running" in state:
+                state = {
+                    "terminated": {
+                        "exitCode": 137,
+                        "reason": "ContainerStatusUnknown",
+                        "message": "The container could not be located",
+                    }
+                }
+            container.state = state
+            container.restart_count = int(status.get("restartCount", 0))
+        if self.pod["spec"].get("restartPolicy", "Always") != "Never":
+            for container in self.containers:
+                if container.name in previous:
+                    self._schedule_restart(container)
+            return False
+        self.initialized = True
+        failed = any(c.exit_code != 0 for c in self.containers)
+        self.phase = "Failed" if failed else "Succeeded"
+        self._finish()
+        return True
 
     def _wait_for_deletion(self) -> None:
         while not (self.deleting or self.shutdown.is_set() or self.lost.is_set()):
@@ -492,8 +534,7 @@ class PodWorker(threading.Thread):
         try:
             if "exec" in probe:
                 probe_container = Container(
-                    {**container.spec, "command": probe["exec"]["command"], "args": []},
-                    is_init=False,
+                    {**container.spec, "command": probe["exec"]["command"], "args": []}
                 )
                 argv, env = self._container_argv(probe_container)
                 result = subprocess.run(
@@ -857,8 +898,9 @@ class PodWorker(threading.Thread):
             self._terminate(min(self._grace(), 10.0))
         else:
             self._terminate(self._grace())
-            if not self.finished:
-                self.publish()
+            if self.sandbox is not None and not self.finished:
+                with contextlib.suppress(client.ApiException):
+                    self.publish()
             self._delete_pod_object()
         if self.ip is not None:
             self.host.release_ip(self.ip)

@@ -35,7 +35,19 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # Volume names and paths the operator mounts into every worker; user volumes must not clash.
 RESERVED_VOLUME_NAMES = frozenset({"llmjob-config", "checkpoints", "dshm", "tmp", "cache"})
 RESERVED_MOUNT_PATHS = frozenset({"/etc/llmjob", "/dev/shm", "/tmp", "/cache"})
-RESERVED_ENV_PREFIX = "LLMJOB_"
+# Environment the operator sets on every worker (render.worker_env): the launch contract.
+OPERATOR_ENV = frozenset(
+    {
+        "LLMJOB_JOB_NAME",
+        "LLMJOB_WORKER_INDEX",
+        "LLMJOB_NUM_WORKERS",
+        "LLMJOB_ATTEMPT",
+        "LLMJOB_METRICS_PORT",
+        "LLMJOB_POD_NAME",
+        "LLMJOB_POD_NAMESPACE",
+        "LLMJOB_POD_IP",
+    }
+)
 
 # A Kubernetes resource quantity: an integer, or a string such as "500m", "64Gi" or "1e3".
 QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
@@ -427,10 +439,8 @@ class LLMTrainingJobSpec(ApiModel):
                     "volume; pick another path"
                 )
         for name in _named(self.env, "env"):
-            if name.startswith(RESERVED_ENV_PREFIX):
-                raise ValueError(
-                    f"env: {name} uses the prefix {RESERVED_ENV_PREFIX} reserved by the operator"
-                )
+            if name in OPERATOR_ENV:
+                raise ValueError(f"env: {name} is set by the operator (the launch contract)")
 
     def checkpoint_dir(self, job_name: str) -> str:
         return f"{self.checkpoint.mount_path.rstrip('/')}/{job_name}"

@@ -1,15 +1,17 @@
-"""Fixtures for tests against the local cluster: the operator running, the CRD installed."""
+"""Fixtures for tests against the local cluster: the operator running, the CRD installed.
+The cluster itself, clients, kubectl and namespaces come from tests/conftest.py."""
 
-import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
+from tests.conftest import wait_for
+from tests.integration.helm_chart import RESTRICTED, Helm, create_namespace
 from tests.integration.jobs import Jobs
 from tests.integration.operator_process import OperatorProcess
 
@@ -17,32 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def kubeconfig() -> Path:
-    return Path(os.environ.get("LLMJOB_KUBECONFIG", REPO / ".devcluster" / "kubeconfig"))
-
-
-@pytest.fixture(scope="session")
-def api_client(kubeconfig: Path) -> client.ApiClient:
-    return config.new_client_from_config(str(kubeconfig))
-
-
-@pytest.fixture(scope="session")
-def kubectl(kubeconfig: Path) -> list[str]:
-    return [str(kubeconfig.parent / "bin" / "kubectl"), f"--kubeconfig={kubeconfig}"]
-
-
-@pytest.fixture(scope="session")
 def venv_bin() -> str:
     return str(Path(sys.executable).parent)
-
-
-@pytest.fixture
-def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
-    core = client.CoreV1Api(api_client)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +33,9 @@ def crd_installed(kubectl: list[str]) -> None:
     )
 
 
-@pytest.fixture(scope="session")
+# Per module: no other test module (the chart's in-cluster operator) may share the cluster
+# with a second operator reconciling the same jobs.
+@pytest.fixture(scope="module")
 def llmjob_operator(
     kubeconfig: Path, crd_installed: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
@@ -74,3 +54,37 @@ def jobs(
     yield Jobs(api_client, namespace)
     if llmjob_operator.process is None or llmjob_operator.process.poll() is not None:
         llmjob_operator.start()
+
+
+# -- the Helm chart's tests (test_helm*.py) ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def helm(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm(kubeconfig, tmp_path_factory.mktemp("helm"))
+
+
+@pytest.fixture
+def restricted_namespaces(api_client: client.ApiClient) -> Iterator[Callable[[str], str]]:
+    """Makes namespaces that enforce the restricted Pod Security Standard; deletes them."""
+    created: list[str] = []
+    suffix = uuid.uuid4().hex[:5]
+
+    def make(prefix: str) -> str:
+        name = create_namespace(api_client, f"{prefix}-{suffix}", RESTRICTED)
+        created.append(name)
+        # Pods are admitted only once the namespace's default ServiceAccount exists.
+        core = client.CoreV1Api(api_client)
+        wait_for(
+            lambda: any(
+                sa.metadata.name == "default"
+                for sa in core.list_namespaced_service_account(name).items
+            ),
+            timeout=30,
+            what=f"default ServiceAccount in {name}",
+        )
+        return name
+
+    yield make
+    for name in created:
+        client.CoreV1Api(api_client).delete_namespace(name)

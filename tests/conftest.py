@@ -1,0 +1,116 @@
+"""Fixtures for tests on the local cluster (dev/, README "The local cluster").
+
+`devcluster` is session-wide: it reuses a running cluster (as `make test` leaves one) or
+starts one and stops it after the session (set LLMJOB_KEEP_CLUSTER=1 to keep it). Every
+test that touches the cluster gets a fresh namespace, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client
+
+from llmjob_devcluster import cluster, kube, processes
+from llmjob_devcluster.layout import Layout
+
+Obj = dict[str, Any]
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def devcluster() -> Iterator[Layout]:
+    layout = Layout.from_env()
+    was_running = all(
+        processes.running_pid(layout.pid_dir, name) is not None and cluster.is_healthy(layout, name)
+        for name in cluster.COMPONENTS
+    )
+    if not was_running:
+        cluster.up(layout)
+    yield layout
+    if not was_running and not os.environ.get("LLMJOB_KEEP_CLUSTER"):
+        cluster.down(layout)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(devcluster: Layout) -> Path:
+    return devcluster.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def api_client(kubeconfig: Path) -> client.ApiClient:
+    return kube.api_client(kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def core(api_client: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api_client)
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace, ready for pods (its default ServiceAccount exists)."""
+    test_name = request.node.name[:40].lower().replace("_", "-").strip("-")
+    name = f"t-{test_name}-{uuid.uuid4().hex[:5]}"
+    core.create_namespace(kube.model(client.V1Namespace, {"metadata": {"name": name}}))
+    wait_for(
+        lambda: _exists(lambda: core.read_namespaced_service_account("default", name)),
+        timeout=30,
+        what=f"default ServiceAccount in {name}",
+    )
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def kubectl(devcluster: Layout) -> list[str]:
+    """The command line of the pinned kubectl (built with the cluster) for this cluster."""
+    return [str(devcluster.bin_link / "kubectl"), f"--kubeconfig={devcluster.kubeconfig}"]
+
+
+def _exists(read: Callable[[], object]) -> bool:
+    try:
+        read()
+    except client.ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+def wait_for(
+    predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2
+) -> T:
+    """Polls until `predicate` returns something truthy; returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def read_pod(
+    api: client.ApiClient, core: client.CoreV1Api, name: str, namespace: str
+) -> Obj | None:
+    """The pod as a manifest-shaped dict, or None once it is gone."""
+    try:
+        return kube.as_dict(api, core.read_namespaced_pod(name, namespace))
+    except client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def container_logs(layout: Layout, namespace: str, pod: str, container: str) -> str:
+    """A container's log as the node agent wrote it (still there after the pod is gone)."""
+    paths = sorted(Path(layout.log_dir / "pods").glob(f"{namespace}_{pod}_*/{container}/*.log"))
+    return "".join(path.read_text() for path in paths)

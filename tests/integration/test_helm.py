@@ -1,0 +1,306 @@
+"""The Helm chart with the real helm and API server: lint, schema, server-side dry run,
+install (the operator runs as a pod with the chart's service account), RBAC minimality,
+restricted pod security, helm test, upgrade and uninstall."""
+
+import subprocess
+import time
+import uuid
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.integration.helm_chart import (
+    CHART,
+    Helm,
+    install_monitoring_crds,
+    installed,
+    kubectl_json,
+    operator_pod,
+    operator_values,
+)
+from tests.integration.jobs import Jobs, standin_job
+
+pytestmark = pytest.mark.integration
+
+# Everything the operator may do in a namespace it reconciles, beyond what every
+# authenticated user may: exactly the calls in kube.py and kopf's watches.
+OPERATOR_RULES = {
+    "llmtrainingjobs.training.llmjob.dev": {"get", "list", "watch", "delete"},
+    "llmtrainingjobs.training.llmjob.dev/status": {"patch"},
+    "llmtrainingjobs.training.llmjob.dev/finalizers": {"update"},
+    "pods": {"get", "list", "watch", "create", "delete"},
+    "services": {"list", "watch", "create", "patch"},
+    "configmaps": {"list", "watch", "create", "patch"},
+    "persistentvolumeclaims": {"list", "watch", "create", "patch"},
+    "events": {"create"},
+}
+CLUSTER_RULES = {"customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"}}
+ALL_OPT_INS = {
+    "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+    "prometheusRule": {"enabled": True},
+    "networkPolicy": {"enabled": True, "jobNamespaces": ["team-a"]},
+}
+
+
+@pytest.fixture(scope="module")
+def monitoring_crds(kubectl: list[str]) -> None:
+    install_monitoring_crds(kubectl)
+
+
+def is_hook(doc: dict[str, Any]) -> bool:
+    return "helm.sh/hook" in doc["metadata"].get("annotations", {})
+
+
+def can_i_list(kubectl: list[str], user: str, namespace: str) -> dict[str, set[str]]:
+    """`kubectl auth can-i --list` as `user`: resource -> verbs (non-resource URLs left out)."""
+    out = subprocess.run(
+        [*kubectl, "auth", "can-i", "--list", "-n", namespace, f"--as={user}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rules: dict[str, set[str]] = {}
+    for line in out.splitlines()[1:]:
+        if line.startswith(" "):
+            continue  # a non-resource URL row: no resource in the first column
+        resource, _, rest = line.partition(" ")
+        verbs = rest[rest.rindex("[") + 1 : rest.rindex("]")].split()
+        rules.setdefault(resource, set()).update(verbs)
+    return rules
+
+
+def granted(kubectl: list[str], service_account: str, namespace: str) -> dict[str, set[str]]:
+    """What the chart's service account may do in `namespace` beyond any service account."""
+    sa_namespace, _, _ = service_account.removeprefix("system:serviceaccount:").partition(":")
+    nobody = f"system:serviceaccount:{sa_namespace}:nobody-{uuid.uuid4().hex[:5]}"
+    baseline = can_i_list(kubectl, nobody, namespace)
+    return {
+        resource: verbs - baseline.get(resource, set())
+        for resource, verbs in can_i_list(kubectl, service_account, namespace).items()
+        if verbs - baseline.get(resource, set())
+    }
+
+
+def can_i(kubectl: list[str], user: str, *args: str) -> bool:
+    result = subprocess.run(
+        [*kubectl, "auth", "can-i", *args, f"--as={user}"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
+    return result.stdout.strip() == "yes"
+
+
+def reporting_instances(jobs: Jobs, name: str) -> set[str]:
+    return {e.reporting_instance for e in jobs.events(name) if e.reporting_instance}
+
+
+# -- static checks ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, ALL_OPT_INS, {**ALL_OPT_INS, "watchNamespaces": ["team-a", "team-b"]}],
+    ids=["defaults", "opt-ins", "namespaced"],
+)
+def test_lint_strict(helm: Helm, values: dict[str, Any]) -> None:
+    result = helm.run("lint", "--strict", str(CHART), "-f", helm.values_file(values))
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("mode", ["cluster", "namespaced"])
+def test_rendered_chart_is_accepted_by_the_api_server(
+    helm: Helm,
+    kubectl: list[str],
+    restricted_namespaces: Any,
+    crd_installed: None,
+    monitoring_crds: None,
+    mode: str,
+) -> None:
+    release_ns = restricted_namespaces("llmjob-dry")
+    job_ns = restricted_namespaces("team-dry")
+    values: dict[str, Any] = {
+        **ALL_OPT_INS,
+        "networkPolicy": {"enabled": True, "jobNamespaces": [job_ns]},
+    }
+    if mode == "namespaced":
+        values["watchNamespaces"] = [job_ns]
+    docs = helm.template(values, namespace=release_ns)
+    kinds = {doc["kind"] for doc in docs}
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "NetworkPolicy"} <= kinds
+    operator_roles = [doc for doc in docs if doc["kind"] == "Role" and not is_hook(doc)]
+    assert [r["metadata"]["namespace"] for r in operator_roles] == (
+        [job_ns] if mode == "namespaced" else []
+    )
+    # The test hook's Pod is admitted only once its ServiceAccount exists, as when
+    # `helm test` creates the hooks in weight order: create that one for real (the
+    # namespace goes away after the test).
+    hook_account = next(doc for doc in docs if doc["kind"] == "ServiceAccount" and is_hook(doc))
+    subprocess.run(
+        [*kubectl, "apply", "-f", "-"], input=yaml.safe_dump(hook_account), text=True, check=True
+    )
+    result = subprocess.run(
+        [*kubectl, "apply", "--dry-run=server", "-f", "-"],
+        check=False,
+        input=yaml.safe_dump_all(docs),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    # Pod Security admission warns about Deployments and rejects Pods (the test hook) in
+    # a namespace that enforces `restricted`: neither may happen.
+    assert "violate" not in result.stderr, result.stderr
+    assert result.stdout.count("(server dry run)") == len(docs)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"replicas": 2}, "additional properties 'replicas' not allowed"),
+        ({"metrics": {"serviceMonitor": {"intervall": "1m"}}}, "'intervall' not allowed"),
+        ({"metricsPort": "8080"}, "got string, want integer"),
+        ({"logLevel": "TRACE"}, "/logLevel"),
+        ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
+        ({"containerSecurityContext": {"privileged": True}}, "/containerSecurityContext"),
+        ({"prometheusRule": {"stalled": {"window": "ten minutes"}}}, "/prometheusRule/stalled"),
+        ({"tolerations": [{"key": "gpu", "effect": "Sometimes"}]}, "/tolerations/0/effect"),
+    ],
+    ids=lambda v: "" if isinstance(v, dict) else v,
+)
+def test_schema_rejects_bad_values(helm: Helm, values: dict[str, Any], message: str) -> None:
+    result = helm.run("template", "x", str(CHART), "-f", helm.values_file(values), check=False)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert message in result.stderr, result.stderr
+
+
+# -- installed on the local cluster -----------------------------------------------------
+
+
+def test_install_reconciles_in_cluster_then_upgrade_and_uninstall_leave_nothing(
+    helm: Helm,
+    api_client: client.ApiClient,
+    kubectl: list[str],
+    restricted_namespaces: Any,
+    crd_installed: None,
+    venv_bin: str,
+) -> None:
+    release_ns = restricted_namespaces("llmjob-system")
+    job_ns = restricted_namespaces("team-a")
+    release = "llmjob"
+    service_account = f"system:serviceaccount:{release_ns}:{release}-llmjob-operator"
+    values = operator_values(defaultTrainerImage="llmjob/trainer:test")
+    with installed(helm, release, release_ns, values):
+        pod = operator_pod(api_client, release_ns, release)
+        # Admitted in a namespace that enforces `restricted`, with the chart's account.
+        assert pod.spec.service_account_name == f"{release}-llmjob-operator"
+        assert pod.spec.security_context.run_as_non_root
+        assert pod.spec.containers[0].security_context.read_only_root_filesystem
+        assert any(v.projected for v in pod.spec.volumes), "no service account token volume"
+
+        jobs = Jobs(api_client, job_ns)
+        jobs.create(standin_job("first", venv_bin, standin={"steps": 3}))
+        done = jobs.wait_phase("first", "Succeeded", timeout=120)
+        assert done["restarts"] == 0
+        # The operator names its pod (its hostname) in the events it posts: this job was
+        # reconciled by the chart's pod, with nothing but its service account token.
+        assert reporting_instances(jobs, "first") == {pod.metadata.name}
+        # Trainer pods ran in the restricted namespace too.
+        assert {p.status.phase for p in jobs.pods("first")} == {"Succeeded"}
+
+        assert helm.run("test", release, "-n", release_ns).returncode == 0
+
+        assert granted(kubectl, service_account, job_ns) == {**OPERATOR_RULES, **CLUSTER_RULES}
+        assert granted(kubectl, service_account, release_ns) == {
+            **OPERATOR_RULES,
+            **CLUSTER_RULES,
+        }
+        for namespace in (job_ns, release_ns, "kube-system"):
+            for verb in ("get", "list", "watch"):
+                assert not can_i(kubectl, service_account, verb, "secrets", "-n", namespace)
+        assert not can_i(kubectl, service_account, "list", "namespaces")
+        assert not can_i(kubectl, service_account, "update", "llmtrainingjobs", "-n", job_ns)
+
+        # Upgrade: a changed pod template replaces the operator (Recreate: never two).
+        helm.run(
+            "upgrade", release, str(CHART), "-n", release_ns,
+            "-f", helm.values_file({**values, "logLevel": "DEBUG"}),
+            "--wait", "--timeout=180s",
+        )  # fmt: skip
+        upgraded = operator_pod(api_client, release_ns, release)
+        assert upgraded.metadata.name != pod.metadata.name
+        assert "--log-level=DEBUG" in upgraded.spec.containers[0].args
+        jobs.create(standin_job("second", venv_bin, standin={"steps": 2}))
+        jobs.wait_phase("second", "Succeeded", timeout=120)
+        assert reporting_instances(jobs, "second") == {upgraded.metadata.name}
+
+        helm.run("uninstall", release, "-n", release_ns, "--wait", "--timeout=120s")
+        assert_nothing_left(kubectl, release, release_ns)
+
+
+def assert_nothing_left(kubectl: list[str], release: str, release_ns: str) -> None:
+    selector = f"app.kubernetes.io/instance={release}"
+    deadline = time.monotonic() + 60
+    kinds = (
+        "deployments,replicasets,pods,services,serviceaccounts,configmaps,roles,"
+        "rolebindings,networkpolicies"
+    )
+    while True:
+        left = kubectl_json(kubectl, "get", kinds, "-A", "-l", selector)["items"]
+        left += kubectl_json(kubectl, "get", "clusterroles,clusterrolebindings", "-l", selector)[
+            "items"
+        ]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert [f"{o['kind']}/{o['metadata']['name']}" for o in left] == []
+    user_roles = kubectl_json(kubectl, "get", "clusterroles")["items"]
+    assert not {r["metadata"]["name"] for r in user_roles} & {
+        "llmjob-admin",
+        "llmjob-edit",
+        "llmjob-view",
+    }
+    # The CRD (and so every user's jobs) survives: helm never deletes crds/.
+    kubectl_json(kubectl, "get", "crd", "llmtrainingjobs.training.llmjob.dev")
+
+
+def test_namespaced_install_is_confined_to_its_namespaces(
+    helm: Helm,
+    api_client: client.ApiClient,
+    kubectl: list[str],
+    restricted_namespaces: Any,
+    crd_installed: None,
+    venv_bin: str,
+) -> None:
+    release_ns = restricted_namespaces("llmjob-ns")
+    watched = restricted_namespaces("team-w")
+    other = restricted_namespaces("team-o")
+    release = "scoped"
+    service_account = f"system:serviceaccount:{release_ns}:{release}-llmjob-operator"
+    values = operator_values(watchNamespaces=[watched], rbac={"create": True, "userRoles": False})
+    with installed(helm, release, release_ns, values):
+        assert granted(kubectl, service_account, watched) == {**OPERATOR_RULES, **CLUSTER_RULES}
+        # Not even its own namespace: only the CRD watch is cluster-wide.
+        assert granted(kubectl, service_account, other) == CLUSTER_RULES
+        assert granted(kubectl, service_account, release_ns) == CLUSTER_RULES
+        assert not can_i(kubectl, service_account, "list", "llmtrainingjobs", "-A")
+        assert not can_i(kubectl, service_account, "list", "pods", "-A")
+        assert not can_i(kubectl, service_account, "get", "secrets", "-n", watched)
+
+        ignored = Jobs(api_client, other)
+        ignored.create(standin_job("elsewhere", venv_bin, standin={"steps": 2}))
+        jobs = Jobs(api_client, watched)
+        jobs.create(standin_job("mine", venv_bin, standin={"steps": 2}))
+        jobs.wait_phase("mine", "Succeeded", timeout=120)
+        assert reporting_instances(jobs, "mine") == {
+            operator_pod(api_client, release_ns, release).metadata.name
+        }
+        assert ignored.status("elsewhere") == {}
+        assert ignored.pods("elsewhere") == []
+
+        assert helm.run("test", release, "-n", release_ns).returncode == 0
+        helm.run("uninstall", release, "-n", release_ns, "--wait", "--timeout=120s")
+        assert_nothing_left(kubectl, release, release_ns)
