@@ -26,6 +26,7 @@ lint: venv
 	$(VENV)/bin/ruff check operator trainer_image dev tests
 	$(VENV)/bin/ruff format --check operator trainer_image dev tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests/trainer trainer_image/bench
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint trainer_image/Dockerfile trainer_image/Dockerfile.cpu
 

@@ -82,7 +82,7 @@ class Trainer:
 
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
-        self._log_file = open(log, "w")  # noqa: SIM115 - closed in wait()
+        self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             argv, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True
         )

@@ -188,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         default=int(env.get("LLMJOB_WORKER_INDEX", "0")),
         help="this pod's worker index; default $LLMJOB_WORKER_INDEX",
     )
-    parser.add_argument("--host", default=socket.gethostname(), help="this pod's hostfile name")
+    parser.add_argument(
+        "--host",
+        default=env.get("LLMJOB_POD_NAME") or socket.gethostname(),
+        help="this pod's name in the hostfile; default $LLMJOB_POD_NAME, else the hostname",
+    )
     parser.add_argument("--master-addr", help="rendezvous host; default: the hostfile's first")
     parser.add_argument(
         "--master-port", type=int, default=int(env.get("LLMJOB_MASTER_PORT", "29500"))
