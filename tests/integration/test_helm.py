@@ -224,15 +224,23 @@ def test_install_reconciles_in_cluster_then_upgrade_and_uninstall_leave_nothing(
         assert not can_i(kubectl, service_account, "list", "namespaces")
         assert not can_i(kubectl, service_account, "update", "llmtrainingjobs", "-n", job_ns)
 
-        # Upgrade: a changed pod template replaces the operator (Recreate: never two).
+        # Upgrade to namespaced mode: the operator is replaced (Recreate: never two), and
+        # its cluster-wide role and binding go; the Role in the watched namespace replaces them.
         helm.run(
             "upgrade", release, str(CHART), "-n", release_ns,
-            "-f", helm.values_file({**values, "logLevel": "DEBUG"}),
+            "-f", helm.values_file({**values, "logLevel": "DEBUG", "watchNamespaces": [job_ns]}),
             "--wait", "--timeout=180s",
         )  # fmt: skip
         upgraded = operator_pod(api_client, release_ns, release)
         assert upgraded.metadata.name != pod.metadata.name
-        assert "--log-level=DEBUG" in upgraded.spec.containers[0].args
+        assert {"--log-level=DEBUG", f"--namespace={job_ns}"} <= set(
+            upgraded.spec.containers[0].args
+        )
+        fullname = f"{release}-llmjob-operator"
+        cluster_roles = kubectl_json(kubectl, "get", "clusterroles,clusterrolebindings")["items"]
+        assert fullname not in {o["metadata"]["name"] for o in cluster_roles}
+        assert granted(kubectl, service_account, release_ns) == CLUSTER_RULES
+        assert granted(kubectl, service_account, job_ns) == {**OPERATOR_RULES, **CLUSTER_RULES}
         jobs.create(standin_job("second", venv_bin, standin={"steps": 2}))
         jobs.wait_phase("second", "Succeeded", timeout=120)
         assert reporting_instances(jobs, "second") == {upgraded.metadata.name}
