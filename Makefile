@@ -14,10 +14,10 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/dev
 export LLMJOB_CACHE
 
-.PHONY: help venv lint crds helm-lint test test-unit cluster cluster-down
+.PHONY: help venv lint crds helm-lint test test-unit cluster cluster-down bench bench-gpu bench-operator demo
 
 help:
-	@echo "make demo | test | test-unit | lint | crds | helm-lint | venv | cluster | cluster-down"
+	@echo "make demo | test | test-unit | lint | crds | helm-lint | venv | cluster | cluster-down | bench | bench-gpu"
 
 venv:
 	@LLMJOB_VENV=$(VENV) PYTHON_BASE=$(PYTHON_BASE) bash dev/venv.sh
@@ -27,6 +27,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check operator trainer_image dev tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/hadolint trainer_image/Dockerfile trainer_image/Dockerfile.cpu
 
 crds: venv
 	$(PY) -m llmjob_operator.crd --out crds/llmtrainingjobs.training.llmjob.dev.yaml --out helm/llmjob-operator/crds/llmtrainingjobs.training.llmjob.dev.yaml
@@ -48,6 +49,14 @@ cluster: venv
 cluster-down: venv
 	$(DEVCLUSTER) down
 
+# A real training job through the operator on the local cluster (README: what it does).
+demo: cluster
+	$(PY) dev/demo.py
+
+# Operator startup/recovery seconds for 1 and 20 jobs at once (stand-in workers).
+bench-operator: cluster
+	cd $(CURDIR) && $(PY) -m bench.operator_startup --jobs 20
+
 # Runs the whole suite on the local cluster; stops the cluster afterwards (also when a
 # test fails) unless it was already running before.
 test: lint
@@ -55,3 +64,11 @@ test: lint
 	trap '[ $$was_up = yes ] || $(DEVCLUSTER) down' EXIT; \
 	$(DEVCLUSTER) up; \
 	$(PY) -m pytest tests
+
+# Figures, not tests: our trainer's tokens/s against a bare DeepSpeed loop, checkpoint I/O.
+bench: venv
+	$(PY) trainer_image/bench/throughput.py
+
+# bf16 tokens/s and MFU for gpt2-124m and llama-1b; says so and exits 0 without CUDA.
+bench-gpu: venv
+	$(PY) trainer_image/bench/gpu.py

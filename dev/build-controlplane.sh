@@ -19,6 +19,11 @@ if [[ -x "$out/bin/controlplane" ]]; then
     exit 0
 fi
 
+if ! command -v go >/dev/null; then
+    echo "controlplane: the Go toolchain is needed to build the local cluster (go.dev/dl;" \
+        "an older go fetches the pinned toolchain itself)" >&2
+    exit 1
+fi
 mkdir -p "$out/bin"
 cd "$module"
 echo "controlplane: building ${programs[*]} into $out (first build: tens of minutes on 2 cores)" >&2

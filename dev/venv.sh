@@ -23,4 +23,17 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$deps_key" ]]; then
   echo "$deps_key" >"$stamp"
 fi
 
+# DeepSpeed's CPU backend needs its shared-memory comm op. Built into the install (as the
+# trainer image does) rather than JIT-compiled into each pod's cache: a JIT build costs every
+# new gang one to two minutes of compiling on a worker's CPUs.
+if ! "$venv/bin/python" -c "
+import sys
+from deepspeed.git_version_info import installed_ops
+sys.exit(0 if installed_ops.get('deepspeed_shm_comm') else 1)" >/dev/null 2>&1; then
+  echo "building DeepSpeed's CPU shared-memory comm op into the venv (once; a few minutes)" >&2
+  ds_version=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('deepspeed'))")
+  DS_ACCELERATOR=cpu DS_BUILD_SHM_COMM=1 "$venv/bin/pip" install --progress-bar off \
+    --no-build-isolation --no-cache-dir --no-deps --force-reinstall "deepspeed==$ds_version" >&2
+fi
+
 echo "$venv"

@@ -359,24 +359,29 @@ class NodeAgent:
             )
         return entries
 
+    def hosts_content(self, worker: PodWorker) -> str:
+        """The pod's /etc/hosts: its own names, and its namespace's headless-Service names."""
+        assert worker.ip is not None
+        with self.workers_lock:
+            neighbours = [
+                w for w in self.workers.values() if w.alive and w.namespace == worker.namespace
+            ]
+        own = [worker.hostname]
+        if worker.subdomain:
+            own = podspec.dns_names(worker.hostname, worker.subdomain, worker.namespace) + own
+        peers = self.peer_entries(worker.namespace, neighbours)
+        others = [(ip, names) for ip, names in peers if ip != worker.ip]
+        return podspec.hosts_file(worker.ip, own, others)
+
     def hosts_loop(self) -> None:
+        """Keeps every pod's /etc/hosts in step as pods and Services come and go."""
         while not self.stopping.is_set():
             self.reap_workers()
             with self.workers_lock:
                 alive = [w for w in self.workers.values() if w.alive]
-            by_namespace: dict[str, list[PodWorker]] = {}
             for worker in alive:
-                by_namespace.setdefault(worker.namespace, []).append(worker)
-            for namespace, workers in by_namespace.items():
-                peers = self.peer_entries(namespace, workers)
-                for worker in workers:
-                    assert worker.ip is not None
-                    own = [worker.hostname]
-                    if worker.subdomain:
-                        own = podspec.dns_names(worker.hostname, worker.subdomain, namespace) + own
-                    others = [(ip, names) for ip, names in peers if ip != worker.ip]
-                    with contextlib.suppress(OSError):
-                        worker.write_hosts(podspec.hosts_file(worker.ip, own, others))
+                with contextlib.suppress(OSError):
+                    worker.write_hosts(self.hosts_content(worker))
             self.stopping.wait(0.2)
 
     # --- running --------------------------------------------------------------------------

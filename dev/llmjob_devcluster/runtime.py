@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import urllib3
 from kubernetes import client
 
 from llmjob_devcluster import kube, podprocs, podspec, processes
@@ -65,6 +66,8 @@ class PodHost(Protocol):
     def release_ip(self, ip: str) -> None: ...
 
     def allocate_ip(self, wanted: str | None) -> str: ...
+
+    def hosts_content(self, worker: PodWorker) -> str: ...
 
 
 class PodStoppedError(Exception):
@@ -126,6 +129,7 @@ class PodWorker(threading.Thread):
         self.condition_times: dict[str, tuple[str, str]] = {}
         self.published: dict[str, Any] | None = None
         self.finished = False  # the pod reached Succeeded/Failed and its processes are gone
+        self.failure: str | None = None  # why the agent itself failed the pod
         self.shutdown = threading.Event()  # the agent stops: kill, but leave the API alone
         self.lost = threading.Event()  # the node is "lost": kill at once, touch nothing
         self.dir: Path = host.layout.pods_dir / self.uid
@@ -174,8 +178,14 @@ class PodWorker(threading.Thread):
             self._run()
         except PodStoppedError:
             pass
-        except Exception:
+        except Exception as error:
+            # A bug or an unusable spec: the pod fails visibly; it is not deleted behind the
+            # back of whoever owns it.
             log.exception("pod %s/%s: node agent error", self.namespace, self.pod_name)
+            self.phase = "Failed"
+            self.failure = f"node agent error: {error}"
+            with contextlib.suppress(PodStoppedError):
+                self._finish()
         finally:
             self._teardown()
 
@@ -187,7 +197,8 @@ class PodWorker(threading.Thread):
         if self.pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             self.phase = self.pod["status"]["phase"]
             self.finished = True
-            self._wait_for_deletion()
+            # Its status is final, written before this agent started: leave it as it is.
+            self._wait_for_deletion(publish=False)
             return
         self._check_stop()
         # A pod keeps its address for life, also across restarts of the node agent.
@@ -253,8 +264,10 @@ class PodWorker(threading.Thread):
         self._finish()
         return True
 
-    def _wait_for_deletion(self) -> None:
+    def _wait_for_deletion(self, publish: bool) -> None:
         while not (self.deleting or self.shutdown.is_set() or self.lost.is_set()):
+            if publish:
+                self.publish()  # in case the last update failed
             time.sleep(TICK_SECONDS * 5)
         self._check_stop()
 
@@ -263,7 +276,7 @@ class PodWorker(threading.Thread):
         self._kill_all()
         self.finished = True
         self.publish()
-        self._wait_for_deletion()
+        self._wait_for_deletion(publish=True)
 
     def _run_init_container(self, container: Container) -> bool:
         """Runs an init container to success, retrying unless restartPolicy is Never."""
@@ -330,7 +343,7 @@ class PodWorker(threading.Thread):
             return False
         try:
             self._start_container(container)
-        except ContainerConfigError as error:
+        except (ContainerConfigError, client.ApiException, urllib3.exceptions.HTTPError) as error:
             container.state = {
                 "waiting": {"reason": "CreateContainerConfigError", "message": str(error)}
             }
@@ -677,6 +690,11 @@ class PodWorker(threading.Thread):
                 target, source.get("items") or [], source.get("defaultMode", 0o644)
             )
             return
+        if "projected" not in volume:
+            kinds = sorted(volume.keys() - {"name"})
+            raise ValueError(
+                f"volume {volume['name']}: {kinds} is not supported by this node agent"
+            )
         projected = volume["projected"]
         mode = projected.get("defaultMode", 0o644)
         for source in projected.get("sources") or []:
@@ -757,7 +775,11 @@ class PodWorker(threading.Thread):
                         self._apply_fs_group(path, recursive=True)
                     sources[name] = path
                 break
-            except ContainerConfigError as error:
+            except (
+                ContainerConfigError,
+                client.ApiException,
+                urllib3.exceptions.HTTPError,
+            ) as error:
                 for container in self.init_containers[:1] or self.containers:
                     container.state = {
                         "waiting": {"reason": "ContainerCreating", "message": str(error)}
@@ -794,10 +816,8 @@ class PodWorker(threading.Thread):
     def _start_sandbox(self, mounts: list[dict[str, Any]], memory_dirs: dict[str, int]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         assert self.ip is not None
-        names = [self.hostname]
-        if self.subdomain:
-            names = podspec.dns_names(self.hostname, self.subdomain, self.namespace) + names
-        self.write_hosts(podspec.hosts_file(self.ip, names, []))
+        # Complete from the start: gang members look each other up as soon as they run.
+        self.write_hosts(self.host.hosts_content(self))
         (self.dir / "hostname").write_text(self.hostname + "\n")
         ready_file = self.dir / "sandbox-ready"
         ready_file.unlink(missing_ok=True)
@@ -970,6 +990,9 @@ class PodWorker(threading.Thread):
             ],
             "containerStatuses": [self._container_status(c) for c in self.containers],
         }
+        if self.failure is not None:
+            status["reason"] = "NodeAgentError"
+            status["message"] = self.failure
         if self.ip is not None:
             status["podIP"] = self.ip
             status["podIPs"] = [{"ip": self.ip}]
@@ -995,6 +1018,6 @@ class PodWorker(threading.Thread):
                 _content_type="application/strategic-merge-patch+json",
             )
             self.published = status
-        except client.ApiException as error:
-            if not kube.is_status(error, 404, 409):
-                raise
+        except (client.ApiException, urllib3.exceptions.HTTPError) as error:
+            # Retried on the next change or tick; a pod that is gone shows up as DELETED.
+            log.warning("pod %s/%s: status update failed: %s", self.namespace, self.pod_name, error)

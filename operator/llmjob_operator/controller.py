@@ -61,7 +61,14 @@ class Controller:
         except ApiException as error:
             metrics.RECONCILE_ERRORS.inc()
             log.warning("reconcile of %s/%s failed: %s %s", *key, error.status, error.reason)
-            self._report_error(kube, body, error)
+            reason = str(error.reason or "ApiError").replace(" ", "")
+            self._report_error(kube, body, reason, f"{error.status}: {_api_message(error)}")
+            return ERROR_RETRY_SECONDS
+        except Exception as error:
+            # A bug of ours must still reach the job's owner, and must not stop other jobs.
+            metrics.RECONCILE_ERRORS.inc()
+            log.exception("reconcile of %s/%s crashed", *key)
+            self._report_error(kube, body, "InternalError", f"{type(error).__name__}: {error}")
             return ERROR_RETRY_SECONDS
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
@@ -151,19 +158,23 @@ class Controller:
             kube.emit_event(body, event, self.instance)
         metrics.record(result, old.phase)
 
-    def _report_error(self, kube: Kube, body: dict[str, Any], error: ApiException) -> None:
-        """API errors belong in the job's status, where its owner looks, not only in our log."""
-        fresh = kube.get_job(body["metadata"]["namespace"], body["metadata"]["name"])
+    def _report_error(self, kube: Kube, body: dict[str, Any], reason: str, message: str) -> None:
+        """Reconcile errors belong in the job's status, where its owner looks, not only in
+        our log."""
+        try:
+            fresh = kube.get_job(body["metadata"]["namespace"], body["metadata"]["name"])
+        except ApiException as error:
+            log.warning("could not read the job to record its reconcile error: %s", error.reason)
+            return
         if fresh is None:
             return
         status = LLMTrainingJobStatus.model_validate(fresh.get("status") or {})
-        message = f"{error.status} {error.reason}: {_api_message(error)}"
         conditions = set_condition(
             status.conditions,
             RECONCILE_ERROR_CONDITION,
             True,
-            str(error.reason or "ApiError").replace(" ", ""),
-            message,
+            reason,
+            message[:2000],
             datetime.now(UTC),
             fresh["metadata"].get("generation"),
         )

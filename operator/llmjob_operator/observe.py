@@ -34,6 +34,7 @@ class WorkerState:
     terminated_reason: str | None = None
     terminated_message: str | None = None
     finished_at: datetime | None = None
+    started_at: datetime | None = None
     true_conditions: frozenset[str] = frozenset()
     unschedulable_message: str | None = None
     status_reason: str | None = None
@@ -69,15 +70,17 @@ def worker_state(pod: dict[str, Any]) -> WorkerState | None:
         None,
     )
     exit_code = reason = message = None
-    finished_at = None
+    finished_at = started_at = None
     started = False
     for container in status.get("containerStatuses") or []:
         state = container.get("state") or {}
         if "running" in state:
             started = True
+            started_at = parse_time(state["running"].get("startedAt"))
         terminated = state.get("terminated")
         if terminated:
             started = True
+            started_at = parse_time(terminated.get("startedAt"))
             if exit_code is None or terminated.get("exitCode", 0) != 0:
                 exit_code = terminated.get("exitCode")
                 reason = terminated.get("reason")
@@ -96,6 +99,7 @@ def worker_state(pod: dict[str, Any]) -> WorkerState | None:
         terminated_reason=reason,
         terminated_message=message,
         finished_at=finished_at,
+        started_at=started_at,
         true_conditions=true_conditions,
         unschedulable_message=unschedulable,
         status_reason=status.get("reason"),

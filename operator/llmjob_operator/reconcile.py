@@ -410,11 +410,11 @@ class _Planner:
         self.delete_pods(self.observed.workers)
         self.wake_in(TEARDOWN_POLL_SECONDS)
 
-    def scheduling_timeout(self) -> bool:
-        """True when the job failed for it; reports the scheduler's reason either way."""
+    def scheduling_timeout(self) -> None:
+        """Reports workers the scheduler cannot place; fails the job if the policy says so."""
         policy = self.spec.failure_policy
         if policy.scheduling_timeout_seconds == 0:
-            return False
+            return
         for worker in self.current_workers():
             if worker.unschedulable_message is None:
                 continue
@@ -428,14 +428,13 @@ class _Planner:
             )
             if policy.fail_on_scheduling_timeout:
                 self.finish("Failed", "Unschedulable", message)
-                return True
+                return
             if not self.condition_is("Running") and not any(
                 c.type == "Running" and c.reason == "Unschedulable" for c in self.status.conditions
             ):
                 self.events.append(Event("Warning", "Unschedulable", message))
             self.condition("Running", False, "Unschedulable", message)
-            return False
-        return False
+            return
 
     def running(self) -> None:
         current = self.current_workers()
@@ -446,36 +445,48 @@ class _Planner:
             self.wake_in(TEARDOWN_POLL_SECONDS)
             return
         self.ensure_supporting_objects()
+        gang_started = len(current) == self.spec.workers and all(w.started for w in current)
+        if self.status.running_time is None and gang_started:
+            self.mark_running(current)
         found = self.verdict_for_failures()
         if found is not None:
             self.handle_failure(*found)
             return
         if len(current) == self.spec.workers and all(w.succeeded for w in current):
+            self.record_completion()
             self.finish("Succeeded", "Completed", f"all {self.spec.workers} workers exited 0")
             return
         if not any(w.started for w in current):
             self.create_missing_pods()
-        if self.scheduling_timeout():
-            return
-        all_running = len(current) == self.spec.workers and all(
-            w.phase == "Running" for w in current
-        )
-        if all_running and self.status.running_time is None:
-            self.mark_running()
+        self.scheduling_timeout()
 
-    def mark_running(self) -> None:
+    def mark_running(self, gang: list[WorkerState]) -> None:
+        """Every worker's container started. Timed by the containers' own start times, so the
+        figures hold even when a busy operator first looks after the fact."""
+        at = max(w.started_at or self.now for w in gang)
         message = f"all {self.spec.workers} workers of attempt {self.status.attempt} running"
         self.transition("Running", "Running", message)
-        self.update(running_time=self.now)
+        self.update(running_time=at)
         self.condition("Running", True, "AllWorkersRunning", message)
         if self.condition_is("Restarting"):
             self.condition("Restarting", False, "Recovered", message)
         if self.status.attempt == 1 and self.status.restarts + self.status.disruptions == 0:
-            self.timings.append(Timing("startup", self.seconds_since(self.job.created)))
+            self.timings.append(Timing("startup", (at - self.job.created).total_seconds()))
         elif self.status.last_failure is not None:
-            self.timings.append(
-                Timing("recovery", self.seconds_since(self.status.last_failure.time))
-            )
+            recovery = (at - self.status.last_failure.time).total_seconds()
+            self.timings.append(Timing("recovery", recovery))
+
+    def record_completion(self) -> None:
+        """Exit 0 means every step ran and the final checkpoint is committed (DESIGN §3);
+        the last /metrics read may predate the last steps."""
+        max_steps = self.spec.training.max_steps
+        progress = self.status.progress or Progress()
+        self.update(
+            progress=progress.model_copy(
+                update={"step": max_steps, "max_steps": max_steps, "eta_seconds": 0}
+            ),
+            checkpoint=CheckpointStatus(step=max_steps, tag=f"step{max_steps}", time=self.now),
+        )
 
     def record_progress(self, seen: TrainerProgress | None) -> None:
         if seen is None or seen.step is None:
@@ -494,7 +505,7 @@ class _Planner:
             progress=Progress(
                 step=seen.step,
                 max_steps=max_steps,
-                loss=seen.loss,
+                loss=round(seen.loss, 4) if seen.loss is not None else None,
                 tokens_per_second=seen.tokens_per_second,
                 eta_seconds=eta,
                 updated_time=self.now,

@@ -156,7 +156,7 @@ def render_claim(job: JobRef, spec: LLMTrainingJobSpec) -> dict[str, Any] | None
         return None
     claim_spec: dict[str, Any] = {
         "accessModes": [checkpoint.access_mode],
-        "resources": {"requests": {"storage": checkpoint.size}},
+        "resources": {"requests": {"storage": quantity(checkpoint.size)}},
     }
     if checkpoint.storage_class_name is not None:
         claim_spec["storageClassName"] = checkpoint.storage_class_name
@@ -211,13 +211,18 @@ def worker_env(job: JobRef, spec: LLMTrainingJobSpec, index: int, attempt: int) 
     ]
 
 
+def quantity(value: int | str) -> str:
+    """Quantities as the API's canonical strings (`8`, `500m`, `64Gi`)."""
+    return str(value)
+
+
 def _resources(spec: LLMTrainingJobSpec) -> dict[str, Any]:
-    requests = dict(spec.resources.requests)
-    limits = dict(spec.resources.limits)
+    requests = {name: quantity(value) for name, value in spec.resources.requests.items()}
+    limits = {name: quantity(value) for name, value in spec.resources.limits.items()}
     if spec.gpus_per_worker > 0:
         # Extended resources must have requests equal to limits.
-        requests[GPU_RESOURCE] = spec.gpus_per_worker
-        limits[GPU_RESOURCE] = spec.gpus_per_worker
+        requests[GPU_RESOURCE] = quantity(spec.gpus_per_worker)
+        limits[GPU_RESOURCE] = quantity(spec.gpus_per_worker)
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
+from urllib3.exceptions import ProtocolError
 
 from llmjob_operator.api import GROUP, PLURAL, VERSION
 from llmjob_operator.render import ATTEMPT_LABEL, JOB_NAME_LABEL
@@ -116,10 +117,19 @@ class GangWatch:
         self.overlaps: list[str] = []
         self.attempts_seen: set[str] = set()
         self._watch = watch.Watch()
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._follow()
+        except ProtocolError:
+            # stop() closes the stream under the reader; anything else is a real failure.
+            if not self._stopping:
+                raise
+
+    def _follow(self) -> None:
         stream = self._watch.stream(
             self.core.list_namespaced_pod,
             self.namespace,
@@ -139,4 +149,5 @@ class GangWatch:
                 self.overlaps.append(f"{event['type']} {name}: live={dict(self.live)}")
 
     def stop(self) -> None:
+        self._stopping = True
         self._watch.stop()

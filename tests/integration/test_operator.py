@@ -142,6 +142,8 @@ def test_suspend_then_resume_continues_as_a_new_attempt(jobs: Jobs, venv_bin: st
     while jobs.pods("pausable"):
         assert time.monotonic() < deadline, "suspended workers were not stopped"
         time.sleep(0.5)
+    time.sleep(2)
+    assert jobs.pods("pausable") == [], "a suspended job's workers came back"
     assert jobs.status("pausable")["restarts"] == 0
     jobs.patch_spec("pausable", {"runPolicy": {"suspend": False}})
     resumed = jobs.wait_phase("pausable", "Running")
@@ -265,3 +267,18 @@ def _samples(text: str) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             found[name] = float(value)
     return found
+
+
+def test_api_errors_while_reconciling_reach_the_jobs_status(jobs: Jobs, venv_bin: str) -> None:
+    # Admission rejects pods naming a PriorityClass that does not exist.
+    jobs.create(standin_job("misprioritized", venv_bin, scheduling={"priorityClassName": "nope"}))
+    status = jobs.wait(
+        "misprioritized",
+        lambda s: (condition(s, "ReconcileError") or {}).get("status") == "True",
+        timeout=60,
+        what="ReconcileError condition",
+    )
+    error = condition(status, "ReconcileError")
+    assert error is not None
+    assert "nope" in error["message"]
+    assert jobs.pods("misprioritized") == []

@@ -269,7 +269,7 @@ def test_advancing_steps_fill_progress_and_push_the_stall_deadline() -> None:
         status=running_status(runningTime=ago(300).isoformat(), progress=progress_status),
         workers=[worker(0), worker(1)],
         progress=TrainerProgress(
-            step=41, loss=2.5, tokens_per_second=1024.0, last_checkpoint_step=40
+            step=41, loss=2.500049, tokens_per_second=1024.0, last_checkpoint_step=40
         ),
     )
     progress = result.status.progress
@@ -340,6 +340,8 @@ def test_all_workers_exiting_zero_succeeds() -> None:
     assert result.status.phase == "Succeeded"
     assert next(c for c in result.status.conditions if c.type == "Succeeded").status == "True"
     assert deleted(result) == set()
+    assert result.status.progress is not None and result.status.progress.step == 1000
+    assert result.status.checkpoint is not None and result.status.checkpoint.step == 1000
 
 
 def test_ttl_deletes_the_finished_job_when_due() -> None:
@@ -412,3 +414,13 @@ def test_stall_detection_waits_for_the_attempts_first_step() -> None:
         progress=TrainerProgress(error="connection refused"),
     )
     assert result.status.phase == "Running"
+
+
+def test_startup_is_timed_by_the_containers_even_when_seen_late() -> None:
+    gang = [
+        worker(0, "Succeeded", exit_code=0, started_at=ago(100)),
+        worker(1, "Succeeded", exit_code=0, started_at=ago(90)),
+    ]
+    result = run(status={"phase": "Pending", "attempt": 1}, workers=gang)
+    assert result.status.phase == "Succeeded"
+    assert [(t.metric, t.seconds) for t in result.timings] == [("startup", 510.0)]

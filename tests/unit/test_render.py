@@ -91,8 +91,8 @@ def test_user_command_runs_under_the_launcher_contract() -> None:
 def test_gpu_requests_equal_limits_and_cpu_jobs_request_none() -> None:
     gpu = rendered(gpusPerWorker=4, resources={"requests": {"cpu": 8}}).pods[0]
     resources = gpu["spec"]["containers"][0]["resources"]
-    assert resources["requests"] == {"cpu": 8, "nvidia.com/gpu": 4}
-    assert resources["limits"] == {"nvidia.com/gpu": 4}
+    assert resources["requests"] == {"cpu": "8", "nvidia.com/gpu": "4"}
+    assert resources["limits"] == {"nvidia.com/gpu": "4"}
     cpu = rendered().pods[0]
     assert "resources" not in cpu["spec"]["containers"][0]
 

@@ -45,7 +45,7 @@ def test_gpus_slots_and_world_size_agree(
         pod["spec"]["containers"][0].get("resources", {}).get("requests", {})
         for pod in desired.pods
     ]
-    gpu_requests = [requests.get("nvidia.com/gpu", 0) for requests in gpu_requests]
+    gpu_requests = [int(requests.get("nvidia.com/gpu", 0)) for requests in gpu_requests]
     assert set(gpu_requests) == {spec.gpus_per_worker}
 
     path = tmp_path_factory.mktemp("h") / "hostfile"

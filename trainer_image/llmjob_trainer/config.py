@@ -205,8 +205,11 @@ class RunConfig(ApiModel):
         """Hash of what must not change across a resume (model and optimisation)."""
         stable = {
             "model": self.model.model_dump(mode="json", by_alias=True),
+            # Reporting cadence and run length do not change what a step computes.
             "training": self.training.model_dump(
-                mode="json", by_alias=True, exclude={"max_steps", "eval_interval_steps"}
+                mode="json",
+                by_alias=True,
+                exclude={"max_steps", "eval_interval_steps", "eval_batches", "log_interval_steps"},
             ),
         }
         return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]

@@ -19,10 +19,19 @@ class ModelPreset:
 
 
 MODEL_PRESETS: dict[str, ModelPreset] = {
-    # Small enough for two CPU processes to train in seconds; byte-level vocabulary.
+    # Small enough for two CPU processes to train in seconds; byte-level vocabulary
+    # (llmjob-prepare's fallback: bytes 0-255, 256 ends a document).
     "tiny": ModelPreset(
         model_type="gpt2",
-        config={"n_layer": 2, "n_head": 4, "n_embd": 64, "n_positions": 256, "vocab_size": 512},
+        config={
+            "n_layer": 2,
+            "n_head": 4,
+            "n_embd": 64,
+            "n_positions": 256,
+            "vocab_size": 512,
+            "bos_token_id": 256,
+            "eos_token_id": 256,
+        },
         max_positions=256,
         vocab_size=512,
     ),

@@ -1,0 +1,99 @@
+"""Prometheus metrics of one trainer process, served on /metrics with /healthz beside it.
+
+Names and units follow DESIGN §3. The HTTP server runs in a daemon thread, so it
+answers while the training thread is inside a long step. MFU is only set on a GPU
+whose peak is known: absent rather than invented.
+"""
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+
+PREFIX = "llmjob_trainer"
+
+
+class TrainerMetrics:
+    def __init__(self, job: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["job_name"]
+
+        def gauge(name: str, help_text: str) -> Gauge:
+            metric = Gauge(f"{PREFIX}_{name}", help_text, labels, registry=self.registry)
+            return metric.labels(job)
+
+        self.step = gauge("step", "Optimizer steps completed.")
+        self.max_steps = gauge("max_steps", "Optimizer steps the run trains for.")
+        self.loss = gauge("loss", "Training loss of the last step, averaged over ranks.")
+        self.validation_loss = gauge("validation_loss", "Loss on the validation tokens.")
+        self.learning_rate = gauge("learning_rate", "Learning rate of the last step.")
+        self.grad_norm = gauge("grad_norm", "Global gradient norm of the last step.")
+        self.tokens_per_second = gauge("tokens_per_second", "Tokens per second, all ranks.")
+        self.step_duration_seconds = gauge("step_duration_seconds", "Last step's wall time.")
+        self.mfu_ratio = Gauge(
+            f"{PREFIX}_mfu_ratio",
+            "Model FLOPs utilisation of the last step (0..1); only on a GPU of known peak.",
+            labels,
+            registry=self.registry,
+        )
+        self._job = job
+        self.last_step_timestamp_seconds = gauge(
+            "last_step_timestamp_seconds", "Unix time the last step finished."
+        )
+        self.checkpoint_duration_seconds = gauge(
+            "checkpoint_duration_seconds", "Wall time of the last checkpoint commit."
+        )
+        self.checkpoint_size_bytes = gauge("checkpoint_size_bytes", "Size of the last checkpoint.")
+        self.last_checkpoint_step = gauge("last_checkpoint_step", "Step of the last commit.")
+        self.last_checkpoint_timestamp_seconds = gauge(
+            "last_checkpoint_timestamp_seconds", "Unix time of the last commit."
+        )
+        self.world_size = gauge("world_size", "Ranks in the run.")
+        self.attempt = gauge("attempt", "The operator's attempt number of this gang.")
+        self.tokens = Counter(
+            f"{PREFIX}_tokens",
+            "Tokens trained on since the run began.",
+            labels,
+            registry=self.registry,
+        ).labels(job)
+        self._server: ThreadingHTTPServer | None = None
+
+    def set_mfu(self, ratio: float) -> None:
+        self.mfu_ratio.labels(self._job).set(ratio)
+
+    def serve(self, address: str, port: int) -> None:
+        """Serves /metrics and /healthz on `address:port` ("" = all) from a daemon thread."""
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] == "/metrics":
+                    body, content_type = generate_latest(registry), CONTENT_TYPE_LATEST
+                elif self.path == "/healthz":
+                    body, content_type = b"ok\n", "text/plain"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Scrapes every few seconds would drown the training log."""
+
+        self._server = ThreadingHTTPServer((address, port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

@@ -1,0 +1,361 @@
+"""`llmjob-train`: the training loop. One process per rank, under any launcher.
+
+    llmjob-train --config train.json [--deepspeed-config ds_config.json]
+
+Without RANK/WORLD_SIZE in the environment it trains as a single process. Exit codes
+(DESIGN §3): 0 finished, 2 invalid configuration, 3 unreadable data, 143 stopped by
+SIGTERM after committing a checkpoint, anything else retryable.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import sys
+import time
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import deepspeed
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import ValidationError
+
+from llmjob_trainer.checkpoint import Checkpointer, inject_fault
+from llmjob_trainer.config import RunConfig, TrainConfig, deepspeed_config
+from llmjob_trainer.data import BYTE_TOKENIZER, ShuffledSampler, TokenWindows, validation_windows
+from llmjob_trainer.errors import (
+    EXIT_DONE,
+    EXIT_INVALID_CONFIG,
+    EXIT_STOPPED_BY_SIGTERM,
+    EXIT_UNREADABLE_DATA,
+    ConfigError,
+    DataError,
+)
+from llmjob_trainer.metrics import TrainerMetrics
+from llmjob_trainer.model import build_model, flops_per_token, vocab_size
+
+log = logging.getLogger("llmjob.train")
+
+# Dense bf16/fp16 peak FLOP/s per device, from the vendors' datasheets (no sparsity).
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
+
+
+def lr_at(step: int, training: TrainConfig) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup, then cosine decay."""
+    peak, floor = training.learning_rate, training.min_learning_rate
+    if step < training.warmup_steps:
+        return peak * (step + 1) / (training.warmup_steps + 1)
+    decay_steps = training.max_steps - training.warmup_steps
+    progress = min(1.0, (step - training.warmup_steps) / max(1, decay_steps))
+    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
+
+
+def lr_factor(step: int, training: TrainConfig) -> float:
+    return lr_at(step, training) / training.learning_rate
+
+
+def make_optimizer(model: torch.nn.Module, training: TrainConfig) -> torch.optim.AdamW:
+    """AdamW that decays matrices (weights, embeddings) but not biases and norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": training.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    betas = (training.adam_beta1, training.adam_beta2)
+    return torch.optim.AdamW(groups, lr=training.learning_rate, betas=betas)
+
+
+def causal_lm_loss(model: Any, windows: torch.Tensor) -> torch.Tensor:
+    """Next-token cross entropy over windows of seqLen + 1 tokens."""
+    logits = model(input_ids=windows[:, :-1], use_cache=False).logits
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), windows[:, 1:].flatten())
+
+
+class StopRequest:
+    """Set by SIGTERM; the loop finishes its step, commits a checkpoint and exits 143."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.requested:
+            log.warning("SIGTERM: stopping after this step's checkpoint")
+        self.requested = True
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """rank, world size, local rank; a lone process gets a one-rank group on loopback."""
+    if "RANK" not in os.environ:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        )
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+
+
+def batch(windows: TokenWindows, indices: list[int], device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.stack([windows.window(i) for i in indices])).to(device)
+
+
+@torch.no_grad()
+def validation_loss(engine: Any, windows: TokenWindows, batches: list[list[int]]) -> float:
+    engine.eval()
+    total = torch.zeros(1, device=engine.device)
+    for indices in batches:
+        total += causal_lm_loss(engine, batch(windows, indices, engine.device))
+    engine.train()
+    dist.all_reduce(total)
+    return total.item() / (len(batches) * dist.get_world_size())
+
+
+def export_model(engine: Any, directory: Path, tokenizer: str | None, is_master: bool) -> None:
+    """Writes the model (safetensors + config) and its tokenizer, replacing `directory`."""
+    module = engine.module
+    # A no-op below ZeRO-3; under it, every rank takes part in gathering the full weights.
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        if is_master:
+            staging = directory.with_name(f".{directory.name}.tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            module.save_pretrained(staging)
+            if tokenizer == BYTE_TOKENIZER:
+                from llmjob_trainer.prepare import byte_level_tokenizer
+
+                byte_level_tokenizer().save_pretrained(staging)
+            elif tokenizer is not None:
+                from transformers import AutoTokenizer
+
+                AutoTokenizer.from_pretrained(tokenizer).save_pretrained(staging)
+            shutil.rmtree(directory, ignore_errors=True)
+            staging.rename(directory)
+            log.info("exported the model to %s", directory)
+    dist.barrier()
+
+
+def peak_flops_per_second(precision: str) -> float | None:
+    if not torch.cuda.is_available() or precision == "fp32":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
+
+
+def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> int:
+    training = run.training
+    rank, world_size, local_rank = distributed_env()
+    is_master = rank == 0  # the one switch for side effects: logs, manifests, export
+    logging.getLogger().setLevel(logging.INFO if is_master else logging.WARNING)
+    try:
+        training.check_world_size(world_size)
+        ds_config = deepspeed_config(training, world_size, user_deepspeed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    train_windows = TokenWindows(Path(run.data.path), training.seq_len, run.data.dtype)
+    val_windows = (
+        TokenWindows(Path(run.data.validation_path), training.seq_len, run.data.dtype)
+        if run.data.validation_path
+        else None
+    )
+    model = build_model(run.model, training.seed)
+    data_vocab = train_windows.header.vocab_size
+    if data_vocab is not None and data_vocab > vocab_size(model):
+        raise ConfigError(
+            f"the data's vocabulary ({data_vocab} tokens) exceeds the model's "
+            f"({vocab_size(model)}); raise the model's vocab_size in model.config"
+        )
+
+    timeout = timedelta(minutes=float(os.environ.get("DEEPSPEED_TIMEOUT", "30")))
+    deepspeed.init_distributed(timeout=timeout, verbose=False)
+    # Weights are identical on every rank (seeded above); dropout differs per rank.
+    random.seed(training.seed + rank)
+    np.random.seed(training.seed + rank)
+    torch.manual_seed(training.seed + rank)
+    optimizer = make_optimizer(model, training)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, training=training))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+    )
+    if run.model.compile:
+        engine.compile()
+
+    checkpointer = Checkpointer(
+        Path(run.checkpoint.dir), run.checkpoint.keep_last, run.config_hash(), rank, world_size
+    )
+    sampler = ShuffledSampler(train_windows.count, training.seed)
+    step, tokens_seen = 0, 0
+    if run.checkpoint.resume == "Auto" and (state := checkpointer.resume(engine)) is not None:
+        step, tokens_seen = state["llmjob"]["step"], state["llmjob"]["tokensSeen"]
+        sampler.load_state_dict(state["llmjob"]["sampler"])
+        log.info("resumed at step %d from %s", step, run.checkpoint.dir)
+    val_batches = (
+        validation_windows(
+            val_windows, training.eval_batches, training.micro_batch_size, rank, world_size
+        )
+        if val_windows
+        else []
+    )
+
+    metrics = TrainerMetrics(run.job_name)
+    port = int(os.environ.get("LLMJOB_METRICS_PORT", run.metrics_port))
+    if local_rank == 0 and port:
+        # Pods of the local cluster share a network namespace, one 127.x address each.
+        metrics.serve(os.environ.get("LLMJOB_POD_IP", ""), port)
+    metrics.max_steps.set(training.max_steps)
+    metrics.world_size.set(world_size)
+    metrics.attempt.set(int(os.environ.get("LLMJOB_ATTEMPT", "0")))
+    metrics.step.set(step)
+    metrics.tokens.inc(tokens_seen)
+    if step:
+        metrics.last_checkpoint_step.set(step)
+
+    tokens_per_step = training.samples_per_step(world_size) * training.seq_len
+    parameters = sum(p.numel() for p in model.parameters())
+    flops_per_step = flops_per_token(model.config, parameters, training.seq_len) * tokens_per_step
+    peak = peak_flops_per_second(training.precision)
+    log.info(
+        "training %s: %.2fM parameters, %d ranks, %d tokens/step, steps %d..%d",
+        run.job_name, parameters / 1e6, world_size, tokens_per_step, step, training.max_steps,
+    )  # fmt: skip
+
+    def commit() -> None:
+        started = time.perf_counter()
+        client_state = {
+            "llmjob": {
+                "step": step,
+                "tokensSeen": tokens_seen,
+                "sampler": sampler.state_dict(),
+                "worldSize": world_size,
+                "configHash": run.config_hash(),
+                "config": run.model_dump(mode="json", by_alias=True),
+            }
+        }
+        saved = checkpointer.commit(engine, step, client_state)
+        seconds = time.perf_counter() - started
+        size = sum(p.stat().st_size for p in saved.rglob("*") if p.is_file())
+        metrics.checkpoint_duration_seconds.set(seconds)
+        metrics.checkpoint_size_bytes.set(size)
+        metrics.last_checkpoint_step.set(step)
+        metrics.last_checkpoint_timestamp_seconds.set(time.time())
+        log.info("committed %s (%.1f MB in %.2f s)", saved.name, size / 1e6, seconds)
+
+    interval_started, interval_steps = time.perf_counter(), 0
+    while step < training.max_steps:
+        step_started = time.perf_counter()
+        loss_sum = torch.zeros((), device=engine.device)
+        micro_steps = sampler.next_step(
+            training.micro_batch_size, training.gradient_accumulation_steps, rank, world_size
+        )
+        for indices in micro_steps:
+            loss = causal_lm_loss(engine, batch(train_windows, indices, engine.device))
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.detach().float()
+        step += 1
+        tokens_seen += tokens_per_step
+        # One collective per step: the mean loss over ranks, and whether any rank got SIGTERM.
+        flag = torch.tensor(float(stop.requested), device=engine.device)
+        summary = torch.stack([loss_sum / len(micro_steps), flag])
+        dist.all_reduce(summary)
+        loss_mean, stop_votes = summary[0].item() / world_size, summary[1].item()
+        step_seconds = time.perf_counter() - step_started
+
+        lr = float(scheduler.get_last_lr()[0])
+        # DeepSpeed records no norm for fp32 without ZeRO: absent rather than invented.
+        norm = engine.get_global_grad_norm()
+        grad_norm = None if norm is None else float(norm)
+        metrics.step.set(step)
+        metrics.loss.set(loss_mean)
+        metrics.learning_rate.set(lr)
+        if grad_norm is not None:
+            metrics.grad_norm.set(grad_norm)
+        metrics.tokens.inc(tokens_per_step)
+        metrics.tokens_per_second.set(tokens_per_step / step_seconds)
+        metrics.step_duration_seconds.set(step_seconds)
+        metrics.last_step_timestamp_seconds.set(time.time())
+        mfu = flops_per_step / (step_seconds * peak * world_size) if peak else None
+        if mfu is not None:
+            metrics.set_mfu(mfu)
+        interval_steps += 1
+        if is_master and (step % training.log_interval_steps == 0 or step == training.max_steps):
+            elapsed = time.perf_counter() - interval_started
+            log.info(
+                "step %d/%d | loss %.4f | lr %.3e | grad norm %s | %.0f tok/s | %.1f ms/step%s",
+                step, training.max_steps, loss_mean, lr,
+                "n/a" if grad_norm is None else f"{grad_norm:.3f}",
+                tokens_per_step * interval_steps / elapsed, 1000 * elapsed / interval_steps,
+                f" | mfu {100 * mfu:.1f}%" if mfu is not None else "",
+            )  # fmt: skip
+            interval_started, interval_steps = time.perf_counter(), 0
+        inject_fault("after-step", step)
+
+        last = step == training.max_steps
+        if val_batches and (
+            last or (training.eval_interval_steps and step % training.eval_interval_steps == 0)
+        ):
+            val_loss = validation_loss(engine, val_windows, val_batches)  # type: ignore[arg-type]
+            metrics.validation_loss.set(val_loss)
+            log.info(
+                "step %d | validation loss %.4f | perplexity %.2f",
+                step,
+                val_loss,
+                math.exp(val_loss),
+            )
+        if last or stop_votes or step % run.checkpoint.interval_steps == 0:
+            commit()
+        if stop_votes and not last:
+            log.warning("stopped by SIGTERM at step %d after committing its checkpoint", step)
+            metrics.close()
+            return EXIT_STOPPED_BY_SIGTERM
+
+    export_dir = Path(run.checkpoint.export_dir or Path(run.checkpoint.dir) / "export")
+    export_model(engine, export_dir, train_windows.header.tokenizer, is_master)
+    metrics.close()
+    return EXIT_DONE
+
+
+def one_line(err: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in e['loc']) or 'train.json'}: {e['msg']}"
+        for e in err.errors()
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llmjob-train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, required=True, help="train.json (RunConfig)")
+    parser.add_argument("--deepspeed-config", type=Path, help="raw DeepSpeed config to merge")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
+    )
+    stop = StopRequest()
+    try:
+        try:
+            run = RunConfig.load(args.config)
+            user = json.loads(args.deepspeed_config.read_text()) if args.deepspeed_config else {}
+        except ValidationError as err:
+            raise ConfigError(f"{args.config}: {one_line(err)}") from err
+        except (OSError, ValueError) as err:
+            raise ConfigError(str(err)) from err
+        return train(run, user, stop)
+    except ConfigError as err:
+        print(f"llmjob-train: invalid configuration: {err}", file=sys.stderr)
+        return EXIT_INVALID_CONFIG
+    except DataError as err:
+        print(f"llmjob-train: unreadable data: {err}", file=sys.stderr)
+        return EXIT_UNREADABLE_DATA
+
+
+if __name__ == "__main__":
+    sys.exit(main())
