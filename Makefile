@@ -14,10 +14,10 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/dev
 export LLMJOB_CACHE
 
-.PHONY: help venv lint crds test test-unit cluster cluster-down bench bench-gpu bench-operator demo test-e2e
+.PHONY: help venv lint crds helm-lint test test-unit cluster cluster-down bench bench-gpu bench-operator demo test-e2e
 
 help:
-	@echo "make demo | test | test-unit | lint | crds | venv | cluster | cluster-down | bench | bench-gpu"
+	@echo "make demo | test | test-unit | lint | crds | helm-lint | venv | cluster | cluster-down | bench | bench-gpu"
 
 venv:
 	@LLMJOB_VENV=$(VENV) PYTHON_BASE=$(PYTHON_BASE) bash dev/venv.sh
@@ -32,6 +32,10 @@ lint: venv
 
 crds: venv
 	$(PY) -m llmjob_operator.crd --out crds/llmtrainingjobs.training.llmjob.dev.yaml --out helm/llmjob-operator/crds/llmtrainingjobs.training.llmjob.dev.yaml
+
+# The pinned helm is built with the local cluster's binaries (cached after the first build).
+helm-lint:
+	"$$(bash dev/build-controlplane.sh | tail -1)/helm" lint --strict helm/llmjob-operator
 
 test-unit: venv
 	$(PY) -m pytest tests/unit

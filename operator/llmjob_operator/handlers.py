@@ -45,6 +45,10 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
     settings.watching.connect_timeout = 30
     settings.posting.level = logging.WARNING
+    if _settings.namespaces:
+        # Exact namespace names need none of kopf's cluster-wide scans (namespaces, to match
+        # glob patterns; CRDs, to notice new resources): namespaced RBAC grants neither.
+        settings.scanning.disabled = True
     load_config()
     seed_kube = Kube()
     namespaces: list[str | None] = list(_settings.namespaces) or [None]

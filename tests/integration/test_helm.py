@@ -11,6 +11,8 @@ import pytest
 import yaml
 from kubernetes import client
 
+from llmjob_devcluster.layout import Layout
+from tests.conftest import container_logs
 from tests.integration.helm_chart import (
     CHART,
     Helm,
@@ -92,6 +94,13 @@ def can_i(kubectl: list[str], user: str, *args: str) -> bool:
     )
     assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
     return result.stdout.strip() == "yes"
+
+
+def assert_no_forbidden(devcluster: Layout, namespace: str, pod: str) -> None:
+    """The operator's log shows no request the API server refused: its RBAC suffices."""
+    log = container_logs(devcluster, namespace, pod, "operator")
+    assert "llmjob operator started" in log
+    assert "forbidden" not in log.lower(), log[-3000:]
 
 
 def reporting_instances(jobs: Jobs, name: str) -> set[str]:
@@ -187,6 +196,7 @@ def test_install_reconciles_in_cluster_then_upgrade_and_uninstall_leave_nothing(
     restricted_namespaces: Any,
     crd_installed: None,
     venv_bin: str,
+    devcluster: Layout,
 ) -> None:
     release_ns = restricted_namespaces("llmjob-system")
     job_ns = restricted_namespaces("team-a")
@@ -208,6 +218,7 @@ def test_install_reconciles_in_cluster_then_upgrade_and_uninstall_leave_nothing(
         # The operator names its pod (its hostname) in the events it posts: this job was
         # reconciled by the chart's pod, with nothing but its service account token.
         assert reporting_instances(jobs, "first") == {pod.metadata.name}
+        assert_no_forbidden(devcluster, release_ns, pod.metadata.name)
         # Trainer pods ran in the restricted namespace too.
         assert {p.status.phase for p in jobs.pods("first")} == {"Succeeded"}
 
@@ -224,18 +235,27 @@ def test_install_reconciles_in_cluster_then_upgrade_and_uninstall_leave_nothing(
         assert not can_i(kubectl, service_account, "list", "namespaces")
         assert not can_i(kubectl, service_account, "update", "llmtrainingjobs", "-n", job_ns)
 
-        # Upgrade: a changed pod template replaces the operator (Recreate: never two).
+        # Upgrade to namespaced mode: the operator is replaced (Recreate: never two), and
+        # its cluster-wide role and binding go; the Role in the watched namespace replaces them.
         helm.run(
             "upgrade", release, str(CHART), "-n", release_ns,
-            "-f", helm.values_file({**values, "logLevel": "DEBUG"}),
+            "-f", helm.values_file({**values, "logLevel": "DEBUG", "watchNamespaces": [job_ns]}),
             "--wait", "--timeout=180s",
         )  # fmt: skip
         upgraded = operator_pod(api_client, release_ns, release)
         assert upgraded.metadata.name != pod.metadata.name
-        assert "--log-level=DEBUG" in upgraded.spec.containers[0].args
+        assert {"--log-level=DEBUG", f"--namespace={job_ns}"} <= set(
+            upgraded.spec.containers[0].args
+        )
+        fullname = f"{release}-llmjob-operator"
+        cluster_roles = kubectl_json(kubectl, "get", "clusterroles,clusterrolebindings")["items"]
+        assert fullname not in {o["metadata"]["name"] for o in cluster_roles}
+        assert granted(kubectl, service_account, release_ns) == {}
+        assert granted(kubectl, service_account, job_ns) == OPERATOR_RULES
         jobs.create(standin_job("second", venv_bin, standin={"steps": 2}))
         jobs.wait_phase("second", "Succeeded", timeout=120)
         assert reporting_instances(jobs, "second") == {upgraded.metadata.name}
+        assert_no_forbidden(devcluster, release_ns, upgraded.metadata.name)
 
         helm.run("uninstall", release, "-n", release_ns, "--wait", "--timeout=120s")
         assert_nothing_left(kubectl, release, release_ns)
@@ -274,6 +294,7 @@ def test_namespaced_install_is_confined_to_its_namespaces(
     restricted_namespaces: Any,
     crd_installed: None,
     venv_bin: str,
+    devcluster: Layout,
 ) -> None:
     release_ns = restricted_namespaces("llmjob-ns")
     watched = restricted_namespaces("team-w")
@@ -282,10 +303,11 @@ def test_namespaced_install_is_confined_to_its_namespaces(
     service_account = f"system:serviceaccount:{release_ns}:{release}-llmjob-operator"
     values = operator_values(watchNamespaces=[watched], rbac={"create": True, "userRoles": False})
     with installed(helm, release, release_ns, values):
-        assert granted(kubectl, service_account, watched) == {**OPERATOR_RULES, **CLUSTER_RULES}
-        # Not even its own namespace: only the CRD watch is cluster-wide.
-        assert granted(kubectl, service_account, other) == CLUSTER_RULES
-        assert granted(kubectl, service_account, release_ns) == CLUSTER_RULES
+        assert granted(kubectl, service_account, watched) == OPERATOR_RULES
+        # Nothing anywhere else, not even in its own namespace or cluster-wide.
+        assert granted(kubectl, service_account, other) == {}
+        assert granted(kubectl, service_account, release_ns) == {}
+        assert not can_i(kubectl, service_account, "list", "customresourcedefinitions")
         assert not can_i(kubectl, service_account, "list", "llmtrainingjobs", "-A")
         assert not can_i(kubectl, service_account, "list", "pods", "-A")
         assert not can_i(kubectl, service_account, "get", "secrets", "-n", watched)
@@ -295,9 +317,9 @@ def test_namespaced_install_is_confined_to_its_namespaces(
         jobs = Jobs(api_client, watched)
         jobs.create(standin_job("mine", venv_bin, standin={"steps": 2}))
         jobs.wait_phase("mine", "Succeeded", timeout=120)
-        assert reporting_instances(jobs, "mine") == {
-            operator_pod(api_client, release_ns, release).metadata.name
-        }
+        operator = operator_pod(api_client, release_ns, release).metadata.name
+        assert reporting_instances(jobs, "mine") == {operator}
+        assert_no_forbidden(devcluster, release_ns, operator)
         assert ignored.status("elsewhere") == {}
         assert ignored.pods("elsewhere") == []
 
