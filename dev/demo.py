@@ -50,7 +50,8 @@ def free_port() -> int:
 
 def install_operator() -> int:
     say("installing the CRD and the operator with helm")
-    tool("kubectl", "apply", "--server-side", "-f", str(REPO / "crds"))
+    # As the README says: the CRD by kubectl (helm installs crds/ once, never upgrades them).
+    tool("kubectl", "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     metrics_port = free_port()
     tool(
         "helm",
@@ -61,6 +62,7 @@ def install_operator() -> int:
         "--namespace",
         OPERATOR_NAMESPACE,
         "--create-namespace",
+        "--skip-crds",
         f"--set=defaultTrainerImage={TRAINER_IMAGE}",
         f"--set=metricsPort={metrics_port}",
         f"--set=healthPort={free_port()}",

@@ -8,6 +8,7 @@ test that touches the cluster gets a fresh namespace, deleted afterwards.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ import pytest
 from kubernetes import client
 
 from llmjob_devcluster import cluster, kube, processes
-from llmjob_devcluster.layout import Layout
+from llmjob_devcluster.layout import REPO_ROOT, Layout
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -66,6 +67,20 @@ def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterato
     )
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def crd_installed(kubectl: list[str]) -> None:
+    """The CRD as the README installs it: `kubectl apply --server-side --force-conflicts`
+    (helm never upgrades crds/), so a cluster kept from an older checkout gets this one."""
+    crd = REPO_ROOT / "crds" / "llmtrainingjobs.training.llmjob.dev.yaml"
+    subprocess.run(
+        [*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(crd)], check=True
+    )
+    subprocess.run(
+        [*kubectl, "wait", "--for=condition=Established", "-f", str(crd), "--timeout=60s"],
+        check=True,
+    )
 
 
 @pytest.fixture(scope="session")

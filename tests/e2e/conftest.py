@@ -56,7 +56,10 @@ class Operator:
 
 @pytest.fixture(scope="module")
 def e2e_operator(
-    api_client: client.ApiClient, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+    api_client: client.ApiClient,
+    kubeconfig: Path,
+    crd_installed: None,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Operator]:
     """Installed per module, as a user would: `helm install`. One operator at a time."""
     namespace = f"llmjob-e2e-{uuid.uuid4().hex[:5]}"

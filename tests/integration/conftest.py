@@ -1,7 +1,6 @@
 """Fixtures for tests against the local cluster: the operator running, the CRD installed.
 The cluster itself, clients, kubectl and namespaces come from tests/conftest.py."""
 
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,16 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def venv_bin() -> str:
     return str(Path(sys.executable).parent)
-
-
-@pytest.fixture(scope="session")
-def crd_installed(kubectl: list[str]) -> None:
-    crd = REPO / "crds" / "llmtrainingjobs.training.llmjob.dev.yaml"
-    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(crd)], check=True)
-    subprocess.run(
-        [*kubectl, "wait", "--for=condition=Established", "-f", str(crd), "--timeout=60s"],
-        check=True,
-    )
 
 
 # Per module: no other test module (the chart's in-cluster operator) may share the cluster

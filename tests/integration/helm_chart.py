@@ -78,10 +78,12 @@ def operator_values(**values: Any) -> dict[str, Any]:
 def installed(
     helm: Helm, release: str, namespace: str, values: dict[str, Any]
 ) -> Iterator[dict[str, Any]]:
-    """`helm install --wait`; uninstalls (also when the test fails). Yields the values."""
+    """`helm install --wait`; uninstalls (also when the test fails). Yields the values.
+    The CRD is the `crd_installed` fixture's, applied as the README says (helm's crds/ are
+    installed once and never upgraded)."""
     helm.run(
         "install", release, str(CHART), "-n", namespace, "-f", helm.values_file(values),
-        "--wait", "--timeout=180s",
+        "--skip-crds", "--wait", "--timeout=180s",
     )  # fmt: skip
     try:
         yield values
