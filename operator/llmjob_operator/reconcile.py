@@ -215,7 +215,10 @@ class _Planner:
                 self.actions.append(DeletePod(worker.name, force=True))
 
     def stuck_terminating(self, worker: WorkerState) -> bool:
-        if worker.deletion_deadline is None or worker.ready:
+        """Past its grace period a live kubelet has killed the container and removed the pod;
+        one still there has no kubelet acting for it (its node is gone), and the next gang
+        must not wait for it forever."""
+        if worker.deletion_deadline is None:
             return False
         return self.now > worker.deletion_deadline + STUCK_TERMINATION_MARGIN
 

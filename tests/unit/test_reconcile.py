@@ -372,12 +372,17 @@ def test_unschedulable_workers_are_reported_then_fail_if_asked() -> None:
 
 def test_a_pod_stuck_terminating_on_a_lost_node_is_force_deleted() -> None:
     stuck = worker(0, deleting=True, deletion_deadline=ago(60))
-    stuck = WorkerState(**{**stuck.__dict__, "ready": False})
     result = run(
         status=running_status(phase="Restarting", restartAfter=ago(1).isoformat()), workers=[stuck]
     )
     assert DeletePod("j-worker-0", force=True) in result.actions
     assert result.status.attempt == 1
+    within_grace = worker(0, deleting=True, deletion_deadline=ago(10))
+    waiting = run(
+        status=running_status(phase="Restarting", restartAfter=ago(1).isoformat()),
+        workers=[within_grace],
+    )
+    assert waiting.actions == []
 
 
 def test_planning_twice_on_its_own_result_does_nothing_new() -> None:
