@@ -2,6 +2,7 @@
 trainer jobs (DeepSpeed on CPU, gloo) on the local cluster."""
 
 import copy
+import json
 import time
 import urllib.request
 import uuid
@@ -67,6 +68,10 @@ def e2e_operator(
         client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
     )
     helm = Helm(kubeconfig, tmp_path_factory.mktemp("helm"))
+    # A run killed before its teardown leaves its release (and cluster-scoped roles) behind.
+    for release in json.loads(helm.run("list", "--all-namespaces", "--output=json").stdout):
+        if release["name"] == RELEASE:
+            helm.run("uninstall", RELEASE, "-n", release["namespace"], "--wait")
     values = operator_values(
         defaultTrainerImage="llmjob/trainer:0.1.0-cpu",
         extraArgs=["--progress-interval=2"],
