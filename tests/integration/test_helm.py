@@ -2,6 +2,7 @@
 install (the operator runs as a pod with the chart's service account), RBAC minimality,
 restricted pod security, helm test, upgrade and uninstall."""
 
+import json
 import subprocess
 import time
 import uuid
@@ -118,6 +119,55 @@ def reporting_instances(jobs: Jobs, name: str) -> set[str]:
 def test_lint_strict(helm: Helm, values: dict[str, Any]) -> None:
     result = helm.run("lint", "--strict", str(CHART), "-f", helm.values_file(values))
     assert "0 chart(s) failed" in result.stdout
+
+
+def test_dashboard_has_the_panels_and_a_job_variable(helm: Helm) -> None:
+    (configmap,) = [
+        doc for doc in helm.template({}) if doc["kind"] == "ConfigMap" and is_dashboard(doc)
+    ]
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(configmap["data"]["llmjob-training.json"])
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["job"]["query"]["query"].endswith(", job_name)")
+    assert variables["datasource"]["query"] == "prometheus"
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert {p["title"] for p in panels} >= {
+        "Jobs by phase",
+        "Restarts by reason",
+        "Step",
+        "Loss",
+        "Tokens per second",
+        "MFU",
+        "Step time",
+        "Checkpoint age",
+        "Checkpoint duration",
+        "Startup: creation to all workers Running",
+        "Recovery: failure to all workers Running again",
+    }
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    cells: set[tuple[int, int]] = set()
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        area = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not area & cells, f"{panel['title']} overlaps another panel"
+        cells |= area
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}"
+        assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
+        if panel["title"] not in {"Jobs by phase", "Restarts by reason"} and not panel[
+            "title"
+        ].startswith(("Startup", "Recovery")):
+            # Per-job panels follow the variables.
+            assert all('job_name=~"$job"' in t["expr"] for t in panel["targets"]), panel
+
+
+def is_dashboard(doc: dict[str, Any]) -> bool:
+    return doc["metadata"]["name"].endswith("-dashboard")
 
 
 @pytest.mark.parametrize("mode", ["cluster", "namespaced"])
