@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/dev
 export LLMJOB_CACHE
 
-.PHONY: help venv lint crds helm-lint test test-unit cluster cluster-down bench bench-gpu bench-operator demo
+.PHONY: help venv lint crds helm-lint test test-unit cluster cluster-down bench bench-gpu bench-operator demo test-e2e
 
 help:
 	@echo "make demo | test | test-unit | lint | crds | helm-lint | venv | cluster | cluster-down | bench | bench-gpu"
@@ -49,6 +49,10 @@ cluster: venv
 cluster-down: venv
 	$(DEVCLUSTER) down
 
+# Only the end-to-end suite (real trainers through the chart-installed operator).
+test-e2e: lint
+	$(call on_cluster,$(PY) -m pytest -m e2e tests/e2e)
+
 # A real training job through the operator on the local cluster (README: what it does).
 demo: cluster
 	$(PY) dev/demo.py
@@ -57,13 +61,18 @@ demo: cluster
 bench-operator: cluster
 	cd $(CURDIR) && $(PY) -m bench.operator_startup --jobs 20
 
-# Runs the whole suite on the local cluster; stops the cluster afterwards (also when a
-# test fails) unless it was already running before.
-test: lint
+# Runs $(1) on the local cluster; stops the cluster afterwards (also when a test fails)
+# unless it was already running before.
+define on_cluster
 	@if $(DEVCLUSTER) status >/dev/null 2>&1; then was_up=yes; else was_up=no; fi; \
 	trap '[ $$was_up = yes ] || $(DEVCLUSTER) down' EXIT; \
 	$(DEVCLUSTER) up; \
-	$(PY) -m pytest tests
+	$(1)
+endef
+
+# The whole suite: lint, unit, cluster, operator, chart, trainer and end-to-end tests.
+test: lint
+	$(call on_cluster,$(PY) -m pytest tests)
 
 # Figures, not tests: our trainer's tokens/s against a bare DeepSpeed loop, checkpoint I/O.
 bench: venv

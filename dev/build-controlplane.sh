@@ -20,8 +20,7 @@ if [[ -x "$out/bin/controlplane" ]]; then
 fi
 
 if ! command -v go >/dev/null; then
-    echo "controlplane: the Go toolchain is needed to build the local cluster (go.dev/dl;" \
-        "an older go fetches the pinned toolchain itself)" >&2
+    echo "controlplane: Go >= 1.26 is needed to build the local cluster (go.dev/dl)" >&2
     exit 1
 fi
 mkdir -p "$out/bin"

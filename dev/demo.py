@@ -114,16 +114,18 @@ def pod_ip(namespace: str, selector: str) -> str | None:
 def follow(operator_metrics_port: int) -> dict[str, Any]:
     say(f"applying examples/cpu-demo.yaml; following it (kubectl get llmjob -n {NAMESPACE})")
     tool("kubectl", "apply", "-n", NAMESPACE, "-f", str(REPO / "examples" / "cpu-demo.yaml"))
+    max_steps = kubectl_json("get", "llmjob", JOB, "-n", NAMESPACE)["spec"]["training"]["maxSteps"]
     started = time.monotonic()
     last_line = ""
     urls_shown = False
     while time.monotonic() - started < FOLLOW_TIMEOUT_SECONDS:
         status = kubectl_json("get", "llmjob", JOB, "-n", NAMESPACE).get("status") or {}
         progress = status.get("progress") or {}
+        tokens_per_second = progress.get("tokensPerSecond")
         line = (
             f"phase={status.get('phase', '-')} workers={status.get('workers', {}).get('summary')}"
-            f" step={progress.get('step', 0)}/{progress.get('maxSteps', '?')}"
-            f" loss={progress.get('loss', '-')} tokens/s={progress.get('tokensPerSecond', '-')}"
+            f" step={progress.get('step', 0)}/{max_steps} loss={progress.get('loss', '-')}"
+            f" tokens/s={f'{tokens_per_second:.0f}' if tokens_per_second else '-'}"
             f" restarts={status.get('restarts', 0)}"
         )
         if line != last_line:
@@ -173,9 +175,15 @@ def show_results(directory: Path) -> None:
 def main() -> int:
     started = time.monotonic()
     metrics_port = install_operator()
-    fresh_namespace()
-    prepare_data()
-    status = follow(metrics_port)
+    try:
+        fresh_namespace()
+        prepare_data()
+        status = follow(metrics_port)
+    finally:
+        # One operator per cluster: the test suite installs its own. The job, its status
+        # and its checkpoints stay for `kubectl get llmjob -n llmjob-demo`.
+        say(f"uninstalling the demo's operator (helm release {RELEASE})")
+        tool("helm", "uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait")
     if status.get("phase") != "Succeeded":
         say("the job failed:")
         print(json.dumps(status.get("conditions"), indent=2))

@@ -33,7 +33,7 @@ from kubernetes import client
 
 from llmjob_devcluster import kube, podspec, provisioner
 from llmjob_devcluster.kubelet_server import KubeletServer
-from llmjob_devcluster.layout import MAX_NODES, Layout
+from llmjob_devcluster.layout import Layout
 from llmjob_devcluster.runtime import PodWorker
 
 log = logging.getLogger("llmjob_devcluster.agent")
@@ -42,18 +42,21 @@ LEASE_RENEW_SECONDS = 2.0
 LEASE_DURATION_SECONDS = 10
 STATUS_HEARTBEAT_SECONDS = 10.0
 KUBELET_VERSION = "v1.37.2"
-NODE_NAME_PREFIX = "llmjob-node-"
 
 
 class NodeAgent:
-    def __init__(self, layout: Layout, nodes: int, capacity: dict[str, str]) -> None:
-        if not 1 <= nodes <= MAX_NODES:
-            raise SystemExit(f"LLMJOB_DEVCLUSTER_NODES must be 1..{MAX_NODES}")
+    def __init__(self, layout: Layout, capacity: dict[str, str]) -> None:
         self.layout = layout
-        self.api = kube.api_client(layout.kubeconfig)
-        self.core = client.CoreV1Api(self.api)
-        self.coordination = client.CoordinationV1Api(self.api)
-        self.node_names = [f"{NODE_NAME_PREFIX}{index}" for index in range(nodes)]
+        self.node_names = layout.node_names
+        # Each node acts as itself (system:node:<name>), as a kubelet does, so the Node
+        # authorizer and NodeRestriction check everything it does.
+        self.apis = {
+            name: kube.api_client(layout.node_kubeconfig(name)) for name in self.node_names
+        }
+        self.cores = {name: client.CoreV1Api(api) for name, api in self.apis.items()}
+        self.leases = {name: client.CoordinationV1Api(api) for name, api in self.apis.items()}
+        # The dev StorageClass's provisioner is a cluster component, not a kubelet.
+        self.admin_api = kube.api_client(layout.kubeconfig)
         self.capacity = capacity
         self.workers: dict[str, PodWorker] = {}
         self.workers_lock = threading.Lock()
@@ -153,7 +156,7 @@ class NodeAgent:
 
     def register(self, index: int, name: str) -> None:
         try:
-            self.core.create_node(kube.model(client.V1Node, self.node_object(name)))
+            self.cores[name].create_node(kube.model(client.V1Node, self.node_object(name)))
         except client.ApiException as error:
             if not kube.is_status(error, 409):
                 raise
@@ -163,13 +166,13 @@ class NodeAgent:
         """Writes Ready=True with a fresh heartbeat. lastTransitionTime is only sent when
         the condition actually changes, so the API keeps the time it became Ready."""
         status = self.node_status(index, name)
-        current = kube.as_dict(self.api, self.core.read_node_status(name))
+        current = kube.as_dict(self.apis[name], self.cores[name].read_node(name))
         previous = {c["type"]: c for c in (current.get("status") or {}).get("conditions") or []}
         for condition in status["conditions"]:
             old = previous.get(condition["type"])
             if old is not None and old["status"] == condition["status"]:
                 condition["lastTransitionTime"] = old["lastTransitionTime"]
-        self.core.patch_node_status(
+        self.cores[name].patch_node_status(
             name, {"status": status}, _content_type="application/strategic-merge-patch+json"
         )
 
@@ -185,7 +188,7 @@ class NodeAgent:
             },
         }
         try:
-            self.coordination.patch_namespaced_lease(
+            self.leases[name].patch_namespaced_lease(
                 name,
                 "kube-node-lease",
                 {"spec": lease["spec"]},
@@ -194,11 +197,11 @@ class NodeAgent:
         except client.ApiException as error:
             if not kube.is_status(error, 404):
                 raise
-            node = kube.as_dict(self.api, self.core.read_node(name))
+            node = kube.as_dict(self.apis[name], self.cores[name].read_node(name))
             lease["metadata"]["ownerReferences"] = [
                 {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"]["uid"]}
             ]
-            self.coordination.create_namespaced_lease(
+            self.leases[name].create_namespaced_lease(
                 "kube-node-lease", kube.model(client.V1Lease, lease)
             )
 
@@ -238,8 +241,10 @@ class NodeAgent:
         self.lost = lost
         for name in restored:
             # What happened to its pods meanwhile (evictions) came while it was deaf.
-            listing = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}")
-            for pod in kube.as_dict(self.api, listing)["items"]:
+            listing = self.cores[name].list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={name}"
+            )
+            for pod in kube.as_dict(self.apis[name], listing)["items"]:
                 self.handle_pod("ADDED", pod)
 
     # --- pods -----------------------------------------------------------------------------
@@ -258,32 +263,36 @@ class NodeAgent:
                     worker.pod["metadata"]["deletionGracePeriodSeconds"] = 0
                 return
             if worker is None:
-                worker = PodWorker(self, pod)
+                worker = PodWorker(self, pod, self.apis[node], self.cores[node])
                 self.workers[uid] = worker
                 worker.start()
             else:
                 worker.update(pod)
 
-    def pod_watch_loop(self) -> None:
-        """Lists, then watches, every bound pod (the field selector); a relist after any
-        watch error also notices pods deleted while the watch was down."""
+    def pod_watch_loop(self, node: str) -> None:
+        """Lists, then watches, the pods bound to `node` (the field selector the Node
+        authorizer insists on); a relist after any watch error also notices pods deleted
+        while the watch was down."""
+        api, core = self.apis[node], self.cores[node]
+        selector = f"spec.nodeName={node}"
         while not self.stopping.is_set():
             try:
                 listing = kube.as_dict(
-                    self.api,
-                    self.core.list_pod_for_all_namespaces(field_selector="spec.nodeName!="),
+                    api, core.list_pod_for_all_namespaces(field_selector=selector)
                 )
                 seen = set()
                 for pod in listing["items"]:
                     seen.add(pod["metadata"]["uid"])
                     self.handle_pod("ADDED", pod)
                 with self.workers_lock:
-                    gone = [w for uid, w in self.workers.items() if uid not in seen]
+                    gone = [
+                        w for uid, w in self.workers.items() if w.node == node and uid not in seen
+                    ]
                 for worker in gone:
                     self.handle_pod("DELETED", worker.pod)
                 for event_type, pod in kube.watch_events(
-                    self.core.list_pod_for_all_namespaces,
-                    field_selector="spec.nodeName!=",
+                    core.list_pod_for_all_namespaces,
+                    field_selector=selector,
                     resource_version=listing["metadata"]["resourceVersion"],
                     timeout_seconds=300,
                 ):
@@ -293,7 +302,7 @@ class NodeAgent:
             except Exception as error:
                 if self.stopping.is_set():
                     return
-                log.warning("pod watch restarts after: %s", error)
+                log.warning("pod watch of %s restarts after: %s", node, error)
                 time.sleep(1)
 
     def reap_workers(self) -> None:
@@ -309,16 +318,17 @@ class NodeAgent:
     # --- /etc/hosts: cluster DNS for headless Services ------------------------------------
 
     def service_watch_loop(self) -> None:
+        api, core = self.apis[self.node_names[0]], self.cores[self.node_names[0]]
         while not self.stopping.is_set():
             try:
-                listing = kube.as_dict(self.api, self.core.list_service_for_all_namespaces())
+                listing = kube.as_dict(api, core.list_service_for_all_namespaces())
                 with self.services_lock:
                     self.services = {
                         (s["metadata"]["namespace"], s["metadata"]["name"]): s
                         for s in listing["items"]
                     }
                 for event_type, service in kube.watch_events(
-                    self.core.list_service_for_all_namespaces,
+                    core.list_service_for_all_namespaces,
                     resource_version=listing["metadata"]["resourceVersion"],
                     timeout_seconds=300,
                 ):
@@ -390,7 +400,7 @@ class NodeAgent:
         self.layout.control_dir.mkdir(parents=True, exist_ok=True)
         self.layout.pods_dir.mkdir(parents=True, exist_ok=True)
         self.layout.pods_dir.chmod(0o700)
-        provisioner.ensure_storage_class(self.api)
+        provisioner.ensure_storage_class(self.admin_api)
         for index, name in enumerate(self.node_names):
             self.register(index, name)
             self.renew_lease(name)
@@ -398,12 +408,18 @@ class NodeAgent:
             KubeletServer(self, name, self.layout.node_ip(i), self.layout.kubelet_port(i))
             for i, name in enumerate(self.node_names)
         ]
-        loops = [self.heartbeat_loop, self.pod_watch_loop, self.service_watch_loop, self.hosts_loop]
+        loops = [self.heartbeat_loop, self.service_watch_loop, self.hosts_loop]
         threads = [threading.Thread(target=loop, name=loop.__name__, daemon=True) for loop in loops]
+        threads += [
+            threading.Thread(
+                target=self.pod_watch_loop, args=(name,), name=f"pods-{name}", daemon=True
+            )
+            for name in self.node_names
+        ]
         threads.append(
             threading.Thread(
                 target=provisioner.run,
-                args=(self.api, self.layout, self.stopping),
+                args=(self.admin_api, self.layout, self.stopping),
                 name="provisioner",
                 daemon=True,
             )
@@ -437,7 +453,7 @@ def main() -> None:
         "ephemeral-storage": "100Gi",
         "nvidia.com/gpu": os.environ.get("LLMJOB_DEVCLUSTER_GPUS_PER_NODE", "8"),
     }
-    agent = NodeAgent(layout, int(os.environ.get("LLMJOB_DEVCLUSTER_NODES", "2")), capacity)
+    agent = NodeAgent(layout, capacity)
     signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stopping.set())
     agent.run()

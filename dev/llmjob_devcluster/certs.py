@@ -60,6 +60,8 @@ def ensure_pki(
     """Creates whatever is missing under `pki`; existing files are kept so that restarting
     the cluster keeps its identity (and tokens issued to pods stay valid)."""
     pki.mkdir(parents=True, exist_ok=True)
+    # Pods see the host's files through their overlay: keep the keys from them.
+    pki.chmod(0o700)
     if not (pki / "ca.crt").exists():
         _openssl("genrsa", "-out", str(pki / "ca.key"), "2048")
         _openssl(

@@ -130,6 +130,7 @@ def component_argv(layout: Layout, bin_dir: Path, name: str) -> list[str]:
             f"--tls-private-key-file={pki / 'serving.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -233,6 +234,10 @@ def up(layout: Layout) -> None:
     """Starts whatever is not running (idempotent)."""
     started_at = time.monotonic()
     bin_dir = build_binaries(layout)
+    node_clients = [
+        certs.ClientCert(node, f"system:node:{node}", ("system:nodes",))
+        for node in layout.node_names
+    ]
     certs.ensure_pki(
         layout.pki_dir,
         server_ips=["127.0.0.1", "10.96.0.1"],
@@ -243,12 +248,14 @@ def up(layout: Layout) -> None:
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
         ],
-        clients=[ADMIN, CONTROLLER_MANAGER, SCHEDULER, KUBELET_CLIENT],
+        clients=[ADMIN, CONTROLLER_MANAGER, SCHEDULER, KUBELET_CLIENT, *node_clients],
     )
     write_kubeconfig(layout, layout.kubeconfig, ADMIN)
     kubeconfigs = layout.state_dir / "kubeconfigs"
     write_kubeconfig(layout, kubeconfigs / "controller-manager.kubeconfig", CONTROLLER_MANAGER)
     write_kubeconfig(layout, kubeconfigs / "scheduler.kubeconfig", SCHEDULER)
+    for node_client in node_clients:
+        write_kubeconfig(layout, layout.node_kubeconfig(node_client.name), node_client)
     env = dict(os.environ)
     env["KUBECONFIG"] = str(layout.kubeconfig)
     env["LLMJOB_DEVCLUSTER_DIR"] = str(layout.state_dir)

@@ -62,6 +62,18 @@ class Layout:
         """Second octet of every 127.x address this cluster hands out (10..209)."""
         return 10 + self.index
 
+    @property
+    def node_names(self) -> list[str]:
+        count = int(os.environ.get("LLMJOB_DEVCLUSTER_NODES", "2"))
+        if not 1 <= count <= MAX_NODES:
+            raise SystemExit(f"LLMJOB_DEVCLUSTER_NODES must be 1..{MAX_NODES}")
+        return [f"llmjob-node-{index}" for index in range(count)]
+
+    def node_kubeconfig(self, node: str) -> Path:
+        """The node agent acts for each node with that node's own identity
+        (system:node:<name>), so the API server's Node authorizer limits what it may do."""
+        return self.state_dir / "kubeconfigs" / f"{node}.kubeconfig"
+
     def node_ip(self, node_index: int) -> str:
         return f"127.{self.address_octet}.0.{node_index + 1}"
 

@@ -56,8 +56,6 @@ class PodHost(Protocol):
     """What a PodWorker needs from the node agent that runs it."""
 
     layout: Layout
-    core: client.CoreV1Api
-    api: client.ApiClient
 
     def allocatable(self, node: str) -> dict[str, str]: ...
 
@@ -108,10 +106,15 @@ class Container:
 
 
 class PodWorker(threading.Thread):
-    def __init__(self, host: PodHost, pod: podspec.Pod) -> None:
+    def __init__(
+        self, host: PodHost, pod: podspec.Pod, api: client.ApiClient, core: client.CoreV1Api
+    ) -> None:
+        """`api` and `core` act with the identity of the pod's node."""
         metadata = pod["metadata"]
         super().__init__(name=f"pod-{metadata['namespace']}/{metadata['name']}", daemon=True)
         self.host = host
+        self.api = api
+        self.core = core
         self.uid: str = metadata["uid"]
         self.namespace: str = metadata["namespace"]
         self.pod_name: str = metadata["name"]
@@ -602,12 +605,12 @@ class PodWorker(threading.Thread):
         """The keys of a configMap or secret as bytes; None if it does not exist."""
         name = source.get("name") or source.get("secretName")
         read = (
-            self.host.core.read_namespaced_config_map
+            self.core.read_namespaced_config_map
             if kind == "configMap"
-            else self.host.core.read_namespaced_secret
+            else self.core.read_namespaced_secret
         )
         try:
-            obj = kube.as_dict(self.host.api, read(str(name), self.namespace))
+            obj = kube.as_dict(self.api, read(str(name), self.namespace))
         except client.ApiException as error:
             if kube.is_status(error, 404):
                 return None
@@ -657,8 +660,8 @@ class PodWorker(threading.Thread):
         if source.get("audience"):
             request["spec"]["audiences"] = [source["audience"]]
         token = kube.as_dict(
-            self.host.api,
-            self.host.core.create_namespaced_service_account_token(
+            self.api,
+            self.core.create_namespaced_service_account_token(
                 spec.get("serviceAccountName") or "default",
                 self.namespace,
                 kube.model(client.AuthenticationV1TokenRequest, request),
@@ -712,7 +715,7 @@ class PodWorker(threading.Thread):
                 self._write_items(target, data, source[kind].get("items"), mode)
 
     def _claim_path(self, claim_name: str) -> Path:
-        core, api = self.host.core, self.host.api
+        core, api = self.core, self.api
         try:
             claim = kube.as_dict(
                 api, core.read_namespaced_persistent_volume_claim(claim_name, self.namespace)
@@ -939,7 +942,7 @@ class PodWorker(threading.Thread):
     def _delete_pod_object(self) -> None:
         """The kubelet's last word on a pod: delete it for good once its processes are gone."""
         with contextlib.suppress(client.ApiException):
-            self.host.core.delete_namespaced_pod(
+            self.core.delete_namespaced_pod(
                 self.pod_name,
                 self.namespace,
                 grace_period_seconds=0,
@@ -1011,7 +1014,7 @@ class PodWorker(threading.Thread):
         if status == self.published:
             return
         try:
-            self.host.core.patch_namespaced_pod_status(
+            self.core.patch_namespaced_pod_status(
                 self.pod_name,
                 self.namespace,
                 {"status": status},

@@ -35,7 +35,19 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # Volume names and paths the operator mounts into every worker; user volumes must not clash.
 RESERVED_VOLUME_NAMES = frozenset({"llmjob-config", "checkpoints", "dshm", "tmp", "cache"})
 RESERVED_MOUNT_PATHS = frozenset({"/etc/llmjob", "/dev/shm", "/tmp", "/cache"})
-RESERVED_ENV_PREFIX = "LLMJOB_"
+# Environment the operator sets on every worker (render.worker_env): the launch contract.
+OPERATOR_ENV = frozenset(
+    {
+        "LLMJOB_JOB_NAME",
+        "LLMJOB_WORKER_INDEX",
+        "LLMJOB_NUM_WORKERS",
+        "LLMJOB_ATTEMPT",
+        "LLMJOB_METRICS_PORT",
+        "LLMJOB_POD_NAME",
+        "LLMJOB_POD_NAMESPACE",
+        "LLMJOB_POD_IP",
+    }
+)
 
 # A Kubernetes resource quantity: an integer, or a string such as "500m", "64Gi" or "1e3".
 QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
@@ -223,6 +235,16 @@ class FailurePolicy(ApiModel):
     fail_on_scheduling_timeout: bool = Field(
         default=False,
         description="Fail the job (reason Unschedulable) when schedulingTimeoutSeconds passes.",
+    )
+    failure_settle_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=3600,
+        description="Before counting a restart, wait this long after the first failed worker "
+        "for signs that the gang was disrupted instead (a peer evicted from a lost node, "
+        "preempted): when a peer dies with its node, the survivors fail first. Cover the "
+        "cluster's node-monitor grace period plus the not-ready toleration to classify node "
+        "loss as a disruption; 0 counts at once.",
     )
     rules: list[FailureRule] = Field(
         default_factory=list,
@@ -427,10 +449,8 @@ class LLMTrainingJobSpec(ApiModel):
                     "volume; pick another path"
                 )
         for name in _named(self.env, "env"):
-            if name.startswith(RESERVED_ENV_PREFIX):
-                raise ValueError(
-                    f"env: {name} uses the prefix {RESERVED_ENV_PREFIX} reserved by the operator"
-                )
+            if name in OPERATOR_ENV:
+                raise ValueError(f"env: {name} is set by the operator (the launch contract)")
 
     def checkpoint_dir(self, job_name: str) -> str:
         return f"{self.checkpoint.mount_path.rstrip('/')}/{job_name}"
@@ -486,6 +506,7 @@ class FailureRecord(ApiModel):
     reason: str = Field(description="CamelCase classification, e.g. Error, OOMKilled, Stalled.")
     message: str = Field(default="", description="Human-readable detail.")
     worker: int | None = Field(default=None, description="Index of the failed worker.")
+    attempt: int | None = Field(default=None, description="The attempt that failed.")
     exit_code: int | None = Field(default=None, description="Container exit code, if any.")
     time: datetime = Field(description="When the failure was observed.")
 

@@ -11,6 +11,8 @@ EXIT_INVALID_CONFIG = 2
 EXIT_UNREADABLE_DATA = 3
 EXIT_SIGTERM_CHECKPOINTED = 143
 DISRUPTION_CONDITION = "DisruptionTarget"
+# Pod status reasons of a pod taken away by the cluster rather than failed by its program.
+DISRUPTION_REASONS = frozenset({"Evicted", "NodeLost", "Preempting", "Terminated"})
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ def default_verdict(worker: WorkerState) -> Verdict:
     text = _describe(worker)
     if DISRUPTION_CONDITION in worker.true_conditions:
         return Verdict("RestartJobNotCounted", "Disrupted", text)
-    if worker.status_reason in ("Evicted", "NodeLost", "Preempting", "Terminated"):
+    if worker.status_reason in DISRUPTION_REASONS:
         return Verdict("RestartJobNotCounted", worker.status_reason, text)
     if worker.exit_code == EXIT_INVALID_CONFIG:
         return Verdict("FailJob", "InvalidConfiguration", text)
@@ -73,6 +75,12 @@ def classify(worker: WorkerState, policy: FailurePolicy) -> Verdict:
         if _rule_matches(rule, worker):
             return Verdict(rule.action, fallback.reason, fallback.message)
     return fallback
+
+
+def shows_disruption(worker: WorkerState) -> bool:
+    return DISRUPTION_CONDITION in worker.true_conditions or worker.status_reason in (
+        DISRUPTION_REASONS
+    )
 
 
 def vanished_verdict(worker_index: int) -> Verdict:

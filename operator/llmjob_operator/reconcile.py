@@ -30,9 +30,11 @@ from llmjob_operator.policy import (
     backoff_seconds,
     classify,
     set_condition,
+    shows_disruption,
     vanished_verdict,
 )
 from llmjob_operator.render import DesiredObjects, JobRef
+from llmjob_trainer.config import checkpoint_tag
 
 SPEC_HASH_ANNOTATION = "training.llmjob.dev/spec-hash"
 # A pod still Terminating this long after its deadline sits on a node that stopped
@@ -372,18 +374,52 @@ class _Planner:
             None,
         )
 
-    def handle_failure(self, verdict: Verdict, worker: WorkerState | None) -> None:
+    def this_attempts_failure(self) -> FailureRecord | None:
+        failure = self.status.last_failure
+        return failure if failure and failure.attempt == self.status.attempt else None
+
+    def record_failure(self, verdict: Verdict, worker: WorkerState | None) -> None:
+        """The status says a worker failed as soon as it is seen, even while the restart
+        is still being decided; the first sighting's time is kept."""
+        first = self.this_attempts_failure()
         record = FailureRecord(
             reason=verdict.reason,
             message=verdict.message,
             worker=worker.index if worker else None,
             exit_code=worker.exit_code if worker else None,
-            time=self.now,
+            attempt=self.status.attempt,
+            time=first.time if first else self.now,
         )
         self.update(last_failure=record)
-        if worker is not None and worker.finished_at is not None:
+        if first is None and worker is not None and worker.finished_at is not None:
             detected = self.seconds_since(worker.finished_at)
             self.timings.append(Timing("fault_detection", max(detected, 0.0)))
+
+    def settle(
+        self, verdict: Verdict, worker: WorkerState | None
+    ) -> tuple[Verdict, WorkerState | None] | None:
+        """A counted failure waits failureSettleSeconds for a disrupted peer that would
+        explain it; None while waiting."""
+        disrupted = next((w for w in self.current_workers() if shows_disruption(w)), None)
+        if disrupted is not None:
+            return classify(disrupted, self.spec.failure_policy), disrupted
+        settle_seconds = self.spec.failure_policy.failure_settle_seconds
+        first = self.this_attempts_failure()
+        waited = self.seconds_since(first.time) if first else 0.0
+        if waited >= settle_seconds:
+            return verdict, worker
+        if first is None:
+            message = (
+                f"{verdict.message}; waiting {settle_seconds}s for signs of a disruption "
+                "before counting a restart"
+            )
+            self.condition("Running", False, verdict.reason, message)
+        self.record_failure(verdict, worker)
+        self.wake_in(settle_seconds - waited)
+        return None
+
+    def handle_failure(self, verdict: Verdict, worker: WorkerState | None) -> None:
+        self.record_failure(verdict, worker)
         policy = self.spec.failure_policy
         if verdict.action == "FailJob":
             self.finish("Failed", verdict.reason, verdict.message)
@@ -449,6 +485,10 @@ class _Planner:
         if self.status.running_time is None and gang_started:
             self.mark_running(current)
         found = self.verdict_for_failures()
+        if found is not None and found[0].action == "RestartJob":
+            found = self.settle(*found)
+            if found is None:
+                return
         if found is not None:
             self.handle_failure(*found)
             return
@@ -485,7 +525,9 @@ class _Planner:
             progress=progress.model_copy(
                 update={"step": max_steps, "max_steps": max_steps, "eta_seconds": 0}
             ),
-            checkpoint=CheckpointStatus(step=max_steps, tag=f"step{max_steps}", time=self.now),
+            checkpoint=CheckpointStatus(
+                step=max_steps, tag=checkpoint_tag(max_steps), time=self.now
+            ),
         )
 
     def record_progress(self, seen: TrainerProgress | None) -> None:
@@ -516,7 +558,7 @@ class _Planner:
             self.update(
                 checkpoint=CheckpointStatus(
                     step=seen.last_checkpoint_step,
-                    tag=f"step{seen.last_checkpoint_step}",
+                    tag=checkpoint_tag(seen.last_checkpoint_step),
                     time=seen.last_checkpoint_time,
                 )
             )

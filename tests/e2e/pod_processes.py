@@ -40,3 +40,16 @@ def trainer_ranks(namespace: str, pod: str) -> list[int]:
         if env.get("LLMJOB_POD_NAMESPACE") == namespace and env.get("LLMJOB_POD_NAME") == pod:
             found.append(int(pid_dir.name))
     return found
+
+
+def operator_processes(pod: str) -> list[int]:
+    """PIDs of the `llmjob-operator` process of the operator pod (its HOSTNAME is the pod's)."""
+    found = []
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        if not any(part.endswith("llmjob-operator") for part in _cmdline(pid_dir)):
+            continue
+        if _environ(pid_dir).get("HOSTNAME") == pod:
+            found.append(int(pid_dir.name))
+    return found

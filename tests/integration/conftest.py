@@ -33,7 +33,9 @@ def crd_installed(kubectl: list[str]) -> None:
     )
 
 
-@pytest.fixture(scope="session")
+# Per module: no other test module (the chart's in-cluster operator) may share the cluster
+# with a second operator reconciling the same jobs.
+@pytest.fixture(scope="module")
 def llmjob_operator(
     kubeconfig: Path, crd_installed: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:

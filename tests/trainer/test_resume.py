@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from llmjob_trainer.checkpoint import LATEST, MANIFEST, tag_for
+from llmjob_trainer.checkpoint import LATEST, MANIFEST
+from llmjob_trainer.config import checkpoint_tag
 
 from .conftest import Trainer, logged_losses, train_command, trainer_env, write_config
 
@@ -39,7 +40,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, token_data: Path) ->
 
 
 def final_state(checkpoints: Path) -> dict[str, Any]:
-    final = checkpoints / tag_for(STEPS)
+    final = checkpoints / checkpoint_tag(STEPS)
     model = torch.load(final / "mp_rank_00_model_states.pt", weights_only=False)
     optimizer = torch.load(final / "zero_pp_rank_0_mp_rank_00_optim_states.pt", weights_only=False)
     return {
@@ -79,28 +80,31 @@ def test_killed_between_and_during_checkpoints_ends_bit_identical(
     # SIGKILL after step 5: the last commit is step 4; step 5 is lost and redone.
     killed = run_trainer(tmp_path, token_data, "killed-after-step", "after-step:5")
     assert killed.process.returncode == -9, killed.output()[-3000:]
-    assert (checkpoints / LATEST).read_text() == tag_for(4)
+    assert (checkpoints / LATEST).read_text() == checkpoint_tag(4)
 
     # Restarted, then SIGKILL inside step 6's commit: every shard written, no manifest yet.
     torn = run_trainer(tmp_path, token_data, "killed-in-commit", "before-manifest:6")
     assert torn.process.returncode == -9, torn.output()[-3000:]
     assert "resumed at step 4" in torn.output()
-    assert (checkpoints / tag_for(6) / "mp_rank_00_model_states.pt").is_file()
-    assert not (checkpoints / tag_for(6) / MANIFEST).exists()
-    assert (checkpoints / LATEST).read_text() == tag_for(4)
+    assert (checkpoints / checkpoint_tag(6) / "mp_rank_00_model_states.pt").is_file()
+    assert not (checkpoints / checkpoint_tag(6) / MANIFEST).exists()
+    assert (checkpoints / LATEST).read_text() == checkpoint_tag(4)
 
     finished = run_trainer(tmp_path, token_data, "finished")
     assert finished.process.returncode == 0, finished.output()[-3000:]
-    assert f"skipping torn checkpoint {checkpoints / tag_for(6)}: no manifest" in finished.output()
+    assert (
+        f"skipping torn checkpoint {checkpoints / checkpoint_tag(6)}: no manifest"
+        in finished.output()
+    )
     assert "resumed at step 4" in finished.output()
-    assert (checkpoints / LATEST).read_text() == tag_for(STEPS)
+    assert (checkpoints / LATEST).read_text() == checkpoint_tag(STEPS)
 
     assert_identical(final_state(uninterrupted), final_state(checkpoints))
 
 
 def test_only_the_last_committed_checkpoints_are_kept(uninterrupted: Path) -> None:
     kept = sorted(p.name for p in uninterrupted.glob("step_*"))
-    assert kept == [tag_for(STEPS - 2), tag_for(STEPS)]  # keepLast 2, interval 2
+    assert kept == [checkpoint_tag(STEPS - 2), checkpoint_tag(STEPS)]  # keepLast 2, interval 2
 
 
 def test_exported_model_loads_with_transformers_and_generates(uninterrupted: Path) -> None:
@@ -111,7 +115,7 @@ def test_exported_model_loads_with_transformers_and_generates(uninterrupted: Pat
     model = AutoModelForCausalLM.from_pretrained(export)
     tokenizer = AutoTokenizer.from_pretrained(export)
     trained = torch.load(
-        uninterrupted / tag_for(STEPS) / "mp_rank_00_model_states.pt", weights_only=False
+        uninterrupted / checkpoint_tag(STEPS) / "mp_rank_00_model_states.pt", weights_only=False
     )
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, trained["module"][name]), name

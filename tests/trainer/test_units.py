@@ -10,13 +10,13 @@ from llmjob_trainer.checkpoint import (
     LATEST,
     MANIFEST,
     Manifest,
+    fault_armed,
     newest_committed,
     read_manifest,
     stale,
-    tag_for,
     write_atomically,
 )
-from llmjob_trainer.config import TrainConfig
+from llmjob_trainer.config import TrainConfig, checkpoint_tag
 from llmjob_trainer.data import ShuffledSampler, TokenHeader, TokenWindows, write_tokens
 from llmjob_trainer.errors import ConfigError, DataError
 from llmjob_trainer.launch import HostfileError, check_node_rank, read_hostfile, same_host
@@ -90,7 +90,7 @@ def test_byte_level_tokenizer_matches_the_byte_encoder() -> None:
 
 
 def commit(directory: Path, step: int, files: dict[str, bytes]) -> Path:
-    checkpoint = directory / tag_for(step)
+    checkpoint = directory / checkpoint_tag(step)
     checkpoint.mkdir(parents=True)
     for name, content in files.items():
         (checkpoint / name).write_bytes(content)
@@ -104,7 +104,7 @@ def test_torn_checkpoints_are_never_taken_as_committed(tmp_path: Path) -> None:
     commit(tmp_path, 2, {"a.pt": b"12345"})
     shortened = commit(tmp_path, 4, {"a.pt": b"12345"})
     (shortened / "a.pt").write_bytes(b"12")
-    no_manifest = tmp_path / tag_for(6)
+    no_manifest = tmp_path / checkpoint_tag(6)
     no_manifest.mkdir()
     (no_manifest / "a.pt").write_bytes(b"12345")
     garbled = commit(tmp_path, 8, {"a.pt": b"1"})
@@ -113,22 +113,22 @@ def test_torn_checkpoints_are_never_taken_as_committed(tmp_path: Path) -> None:
     assert "unreadable" in str(read_manifest(garbled))
     assert "not 5 bytes" in str(read_manifest(shortened))
     found = newest_committed(tmp_path, is_master=False)
-    assert found is not None and found[0].name == tag_for(2) and found[1].step == 2
+    assert found is not None and found[0].name == checkpoint_tag(2) and found[1].step == 2
 
 
 def test_pruning_keeps_the_newest_committed_and_newer_torn_ones(tmp_path: Path) -> None:
     for step in (2, 4, 6, 8):
         commit(tmp_path, step, {"a.pt": b"x"})
-    (tmp_path / tag_for(5)).mkdir()  # torn, older than the newest commit: garbage
-    (tmp_path / tag_for(10)).mkdir()  # torn, newer: the next commit of step 10 replaces it
+    (tmp_path / checkpoint_tag(5)).mkdir()  # torn, older than the newest commit: garbage
+    (tmp_path / checkpoint_tag(10)).mkdir()  # torn, newer: the next commit of step 10 replaces it
     doomed = {p.name for p in stale(tmp_path, keep_last=2)}
-    assert doomed == {tag_for(2), tag_for(4), tag_for(5)}
+    assert doomed == {checkpoint_tag(2), checkpoint_tag(4), checkpoint_tag(5)}
 
 
 def test_latest_is_replaced_atomically(tmp_path: Path) -> None:
-    write_atomically(tmp_path / LATEST, tag_for(2))
-    write_atomically(tmp_path / LATEST, tag_for(4))
-    assert (tmp_path / LATEST).read_text() == tag_for(4)
+    write_atomically(tmp_path / LATEST, checkpoint_tag(2))
+    write_atomically(tmp_path / LATEST, checkpoint_tag(4))
+    assert (tmp_path / LATEST).read_text() == checkpoint_tag(4)
     assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST]
 
 
@@ -151,3 +151,11 @@ def test_hostfile_is_parsed_by_deepspeed_and_the_pod_must_sit_at_its_index(
     hostfile.write_text("j-worker-0 gpus=8\n")
     with pytest.raises(HostfileError, match="bad entry"):
         read_hostfile(hostfile)
+
+
+def test_fault_injection_can_be_limited_to_one_attempt() -> None:
+    assert fault_armed("before-manifest:40", "before-manifest", 40, "3")
+    assert fault_armed("before-manifest:40@1", "before-manifest", 40, "1")
+    assert not fault_armed("before-manifest:40@1", "before-manifest", 40, "2")
+    assert not fault_armed("before-manifest:40@1", "after-step", 40, "1")
+    assert not fault_armed("", "before-manifest", 40, None)

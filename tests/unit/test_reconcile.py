@@ -424,3 +424,39 @@ def test_startup_is_timed_by_the_containers_even_when_seen_late() -> None:
     result = run(status={"phase": "Pending", "attempt": 1}, workers=gang)
     assert result.status.phase == "Succeeded"
     assert [(t.metric, t.seconds) for t in result.timings] == [("startup", 510.0)]
+
+
+def test_a_counted_failure_waits_the_settle_time_for_a_disrupted_peer() -> None:
+    settling = spec(failurePolicy={"failureSettleSeconds": 20, "maxRestarts": 0})
+    survivor_failed = [worker(0, "Failed", exit_code=1, finished_at=ago(1)), worker(1)]
+    first = run(status=running_status(), workers=survivor_failed, job_spec=settling)
+    assert first.status.phase == "Running"
+    assert first.status.last_failure is not None
+    assert (first.status.last_failure.worker, first.status.last_failure.attempt) == (0, 1)
+    assert first.actions == []
+    assert first.requeue_after == 20.0
+    assert [t.metric for t in first.timings] == ["fault_detection"]
+
+    evicted_peer = worker(1, deleting=True, true_conditions=frozenset({"DisruptionTarget"}))
+    later = run(
+        status=first.status.model_dump(mode="json", by_alias=True),
+        workers=[survivor_failed[0], evicted_peer],
+        job_spec=settling,
+    )
+    assert later.status.phase == "Restarting"
+    assert (later.status.restarts, later.status.disruptions) == (0, 1)
+    assert later.status.last_failure is not None
+    assert later.status.last_failure.time == NOW
+    assert later.timings == []
+
+
+def test_a_settled_failure_without_a_disrupted_peer_is_counted() -> None:
+    settling = spec(failurePolicy={"failureSettleSeconds": 20})
+    seen = {"reason": "WorkerFailed", "worker": 0, "attempt": 1, "time": ago(25).isoformat()}
+    result = run(
+        status=running_status(lastFailure=seen),
+        workers=[worker(0, "Failed", exit_code=1), worker(1)],
+        job_spec=settling,
+    )
+    assert result.status.phase == "Restarting"
+    assert result.status.restarts == 1

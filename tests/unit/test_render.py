@@ -3,7 +3,7 @@
 import json
 from typing import Any
 
-from llmjob_operator.api import LLMTrainingJobSpec
+from llmjob_operator.api import OPERATOR_ENV, LLMTrainingJobSpec
 from llmjob_operator.render import (
     ATTEMPT_LABEL,
     JOB_NAME_LABEL,
@@ -160,3 +160,9 @@ def test_deepspeed_config_merges_user_keys_over_generated_ones() -> None:
     assert ds["train_batch_size"] == 2 * 3 * 2
     assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True}
     assert ds["steps_per_print"] == 5
+
+
+def test_the_env_the_operator_sets_is_exactly_what_the_api_reserves() -> None:
+    container = rendered().pods[0]["spec"]["containers"][0]
+    ours = {e["name"] for e in container["env"] if e["name"].startswith("LLMJOB_")}
+    assert ours == OPERATOR_ENV

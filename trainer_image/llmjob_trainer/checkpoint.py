@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from llmjob_trainer.config import checkpoint_tag
 from llmjob_trainer.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,10 @@ log = logging.getLogger(__name__)
 MANIFEST = "llmjob-manifest.json"
 LATEST = "latest"
 TAG_PATTERN = re.compile(r"^step_(\d{8,})$")
-# Fault injection for the resume tests: "<point>:<step>" makes rank 0 SIGKILL itself there.
+# Fault injection for the resume tests: "<point>:<step>" makes rank 0 SIGKILL itself there;
+# "<point>:<step>@<attempt>" only on that operator attempt (LLMJOB_ATTEMPT), so the retry
+# that resumes can pass the same point.
 FAULT_ENV = "LLMJOB_FAULT"
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
 
 
 @dataclass(frozen=True)
@@ -137,8 +136,15 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def fault_armed(spec: str, point: str, step: int, attempt: str | None) -> bool:
+    where, _, only_attempt = spec.partition("@")
+    return where == f"{point}:{step}" and (not only_attempt or only_attempt == attempt)
+
+
 def inject_fault(point: str, step: int) -> None:
-    if os.environ.get(FAULT_ENV) == f"{point}:{step}" and dist.get_rank() == 0:
+    spec = os.environ.get(FAULT_ENV, "")
+    armed = fault_armed(spec, point, step, os.environ.get("LLMJOB_ATTEMPT"))
+    if armed and dist.get_rank() == 0:
         log.warning("fault injection: SIGKILL at %s of step %d", point, step)
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -181,7 +187,7 @@ class Checkpointer:
 
     def commit(self, engine: Any, step: int, client_state: dict[str, Any]) -> Path:
         """Saves on every rank and commits; returns the committed directory."""
-        tag = tag_for(step)
+        tag = checkpoint_tag(step)
         checkpoint = self.directory / tag
         if self.is_master:
             self.directory.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,25 @@ class ApiModel(BaseModel):
     )
 
 
+def checkpoint_tag(step: int) -> str:
+    """The directory name of the checkpoint committed at `step` (the operator reports it)."""
+    return f"step_{step:08d}"
+
+
 class ModelConfig(ApiModel):
     """Which causal language model to train."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.preset) ? 1 : 0) + (has(self.path) ? 1 : 0)"
+                    " + (has(self.hubId) ? 1 : 0) == 1",
+                    "message": "set exactly one of model.preset, model.path and model.hubId",
+                }
+            ]
+        }
+    )
 
     preset: PresetName | None = Field(
         default=None,

@@ -1,0 +1,333 @@
+"""End to end: real trainers on the local cluster, the chart-installed operator, faults.
+
+Figures (seconds from kill to detection and to all workers running, steps lost) are
+printed for the closing notes; run with `-s` to see them.
+"""
+
+import os
+import signal
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llmjob_devcluster.layout import Layout
+from tests.e2e.conftest import CHECKPOINT_INTERVAL, TRAINING, Operator, trainer_job
+from tests.e2e.pod_processes import operator_processes, trainer_ranks
+from tests.e2e.training import (
+    checkpoint_dir,
+    committed_steps,
+    exported_weights,
+    rank0_metrics,
+    same_weights,
+    wait_for_step,
+    worker_logs,
+)
+from tests.integration.jobs import GangWatch, Jobs, condition
+
+pytestmark = pytest.mark.e2e
+MAX_STEPS = TRAINING["maxSteps"]
+
+
+def parse_time(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def resumed_step(jobs: Jobs, job: str) -> int:
+    """The step attempt N resumed at, from rank 0's own log line."""
+    for line in worker_logs(jobs, job, 0).splitlines():
+        if "resumed at step" in line:
+            return int(line.split("resumed at step")[1].split()[0])
+    raise AssertionError(f"{job}: worker 0 did not resume from a checkpoint")
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, Any]:
+    """Results of the uninterrupted happy-path run, for comparison by later tests."""
+    return {}
+
+
+def test_happy_path_succeeds_and_the_exported_model_generates(
+    trainer_jobs: Jobs, reference: dict[str, Any]
+) -> None:
+    trainer_jobs.create(trainer_job("happy"))
+    done = trainer_jobs.wait_phase("happy", "Succeeded", timeout=600)
+    assert (done["attempt"], done["restarts"], done["disruptions"]) == (1, 0, 0)
+    assert done["progress"]["step"] == MAX_STEPS
+    assert done["progress"]["loss"] < 5.0
+    assert done["progress"]["tokensPerSecond"] > 0
+    assert done["checkpoint"]["step"] == MAX_STEPS
+    directory = checkpoint_dir(trainer_jobs, "happy")
+    assert committed_steps(directory)[-1] == MAX_STEPS
+    model = AutoModelForCausalLM.from_pretrained(directory / "export")
+    tokenizer = AutoTokenizer.from_pretrained(directory / "export")
+    output = model.generate(**tokenizer("def ", return_tensors="pt"), max_new_tokens=16)
+    assert output.shape[1] > 4
+    reference["weights"] = exported_weights(directory)
+
+
+def test_sigkill_of_a_rank_resumes_from_the_newest_commit_with_identical_weights(
+    trainer_jobs: Jobs, reference: dict[str, Any]
+) -> None:
+    if "weights" not in reference:
+        pytest.fail("needs the happy-path run's weights (run the whole module)")
+    trainer_jobs.create(trainer_job("killed"))
+    wait_for_step(trainer_jobs, "killed", CHECKPOINT_INTERVAL + 5)
+    (rank,) = trainer_ranks(trainer_jobs.namespace, "killed-worker-1")
+    step_at_kill = rank0_metrics(trainer_jobs, "killed")["llmjob_trainer_step"]
+    killed_at = time.time()
+    os.kill(rank, signal.SIGKILL)
+
+    restarted = trainer_jobs.wait("killed", lambda s: s.get("attempt") == 2, timeout=300)
+    running = trainer_jobs.wait(
+        "killed", lambda s: s.get("phase") == "Running" and s.get("attempt") == 2, timeout=300
+    )
+    done = trainer_jobs.wait_phase("killed", "Succeeded", timeout=600)
+    resumed = resumed_step(trainer_jobs, "killed")
+    assert done["restarts"] == 1
+    assert restarted["lastFailure"]["reason"] == "WorkerFailed"
+    assert resumed % CHECKPOINT_INTERVAL == 0
+    lost = step_at_kill - resumed
+    assert 0 <= lost <= CHECKPOINT_INTERVAL
+    differing = same_weights(
+        exported_weights(checkpoint_dir(trainer_jobs, "killed")), reference["weights"]
+    )
+    assert differing == [], f"weights differ from the uninterrupted run: {differing[:5]}"
+    detection = parse_time(restarted["lastFailure"]["time"]) - killed_at
+    print(
+        f"\nFIGURES sigkill: detection {detection:.1f}s,"
+        f" all workers running again {parse_time(running['runningTime']) - killed_at:.1f}s,"
+        f" steps lost {lost:.0f} (killed at {step_at_kill:.0f}, resumed at {resumed})"
+    )
+
+
+def test_sigkill_during_a_checkpoint_write_resumes_from_the_previous_commit(
+    trainer_jobs: Jobs,
+) -> None:
+    torn_step = 2 * CHECKPOINT_INTERVAL
+    env = [{"name": "LLMJOB_FAULT", "value": f"before-manifest:{torn_step}@1"}]
+    trainer_jobs.create(trainer_job("torn", env=env))
+    restarted = trainer_jobs.wait("torn", lambda s: s.get("attempt") == 2, timeout=300)
+    assert restarted["restarts"] == 1
+    done = trainer_jobs.wait_phase("torn", "Succeeded", timeout=600)
+    assert done["progress"]["step"] == MAX_STEPS
+    assert resumed_step(trainer_jobs, "torn") == CHECKPOINT_INTERVAL
+    steps = committed_steps(checkpoint_dir(trainer_jobs, "torn"))
+    assert steps[-1] == MAX_STEPS
+    assert "Traceback" not in worker_logs(trainer_jobs, "torn", 0)
+
+
+def test_operator_killed_mid_job_and_mid_restart_keeps_one_gang_and_the_budget(
+    trainer_jobs: Jobs, e2e_operator: Operator, api_client: client.ApiClient
+) -> None:
+    gang = GangWatch(api_client, trainer_jobs.namespace, "adopted")
+    try:
+        spec = trainer_job("adopted", failurePolicy={"backoffSeconds": 15, "maxRestarts": 2})
+        trainer_jobs.create(spec)
+        wait_for_step(trainer_jobs, "adopted", 10)
+        kill_operator(e2e_operator)
+        (rank,) = trainer_ranks(trainer_jobs.namespace, "adopted-worker-0")
+        os.kill(rank, signal.SIGKILL)
+        restarting = trainer_jobs.wait_phase("adopted", "Restarting", timeout=300)
+        assert restarting["restarts"] == 1
+        kill_operator(e2e_operator)
+        done = trainer_jobs.wait_phase("adopted", "Succeeded", timeout=600)
+    finally:
+        gang.stop()
+    assert done["restarts"] == 1
+    assert done["attempt"] == 2
+    assert gang.overlaps == [], "two attempts' pods were alive at once"
+
+
+def kill_operator(operator: Operator) -> None:
+    """SIGKILL the operator's process (a crash); its Deployment brings a new one."""
+    old = operator.pod()
+    pids = operator_processes(old.metadata.name)
+    assert pids, f"no process of {old.metadata.name} found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            current = operator.pod()
+        except AssertionError:
+            time.sleep(1)
+            continue
+        if current.metadata.uid != old.metadata.uid or (
+            current.status.container_statuses
+            and current.status.container_statuses[0].restart_count > 0
+            and current.status.container_statuses[0].ready
+        ):
+            return
+        time.sleep(1)
+    raise AssertionError("the operator did not come back after being killed")
+
+
+def test_suspend_checkpoints_on_sigterm_and_resume_continues_from_there(
+    trainer_jobs: Jobs,
+) -> None:
+    trainer_jobs.create(trainer_job("paused"))
+    wait_for_step(trainer_jobs, "paused", CHECKPOINT_INTERVAL + 3)
+    trainer_jobs.patch_spec("paused", {"runPolicy": {"suspend": True}})
+    trainer_jobs.wait_phase("paused", "Suspended", timeout=120)
+    deadline = time.monotonic() + 120
+    while trainer_jobs.pods("paused"):
+        assert time.monotonic() < deadline, "suspended workers did not stop"
+        time.sleep(0.5)
+    steps = committed_steps(checkpoint_dir(trainer_jobs, "paused"))
+    sigterm_step = steps[-1]
+    assert sigterm_step % CHECKPOINT_INTERVAL != 0, f"no SIGTERM checkpoint: {steps}"
+    trainer_jobs.patch_spec("paused", {"runPolicy": {"suspend": False}})
+    trainer_jobs.wait("paused", lambda s: s.get("attempt") == 2, timeout=120)
+    done = trainer_jobs.wait_phase("paused", "Succeeded", timeout=600)
+    assert (done["restarts"], done["disruptions"]) == (0, 0)
+    assert resumed_step(trainer_jobs, "paused") == sigterm_step
+
+
+def test_a_frozen_rank_is_detected_as_stalled_and_the_job_recovers(trainer_jobs: Jobs) -> None:
+    stall_timeout = 20
+    trainer_jobs.create(trainer_job("frozen", failurePolicy={"stallTimeoutSeconds": stall_timeout}))
+    wait_for_step(trainer_jobs, "frozen", 10)
+    (rank,) = trainer_ranks(trainer_jobs.namespace, "frozen-worker-1")
+    os.kill(rank, signal.SIGSTOP)
+    frozen_at = time.time()
+    restarted = trainer_jobs.wait(
+        "frozen", lambda s: (s.get("lastFailure") or {}).get("reason") == "Stalled", timeout=120
+    )
+    detected = parse_time(restarted["lastFailure"]["time"]) - frozen_at
+    # Hang detection reads /metrics every progress interval (2s here) and then waits the
+    # stall timeout from the last advance it saw.
+    assert detected <= stall_timeout + 2 + 3, f"detected after {detected:.1f}s"
+    done = trainer_jobs.wait_phase("frozen", "Succeeded", timeout=600)
+    assert done["restarts"] == 1
+    print(f"\nFIGURES stall: detected {detected:.1f}s after SIGSTOP (timeout {stall_timeout}s)")
+
+
+def test_a_lost_node_restarts_uncounted_and_the_job_succeeds(
+    trainer_jobs: Jobs, devcluster: Layout, core: client.CoreV1Api
+) -> None:
+    # The local cluster notices a lost node after 8s and evicts after 5s more (dev/cluster.py).
+    settle = {"maxRestarts": 0, "failureSettleSeconds": 30}
+    trainer_jobs.create(trainer_job("stranded", failurePolicy=settle))
+    wait_for_step(trainer_jobs, "stranded", 10)
+    node = trainer_jobs.core.read_namespaced_pod(
+        "stranded-worker-1", trainer_jobs.namespace
+    ).spec.node_name
+    marker: Path = devcluster.control_dir / f"lost-{node}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    try:
+        restarted = trainer_jobs.wait("stranded", lambda s: s.get("attempt") == 2, timeout=300)
+        assert restarted["restarts"] == 0
+        assert restarted["disruptions"] == 1
+        done = trainer_jobs.wait_phase("stranded", "Succeeded", timeout=600)
+    finally:
+        marker.unlink(missing_ok=True)
+    assert done["restarts"] == 0
+    assert condition(done, "Succeeded")["status"] == "True"
+
+
+def _invalid(name: str, **spec: Any) -> dict[str, Any]:
+    document = trainer_job(name)
+    document["spec"].update(spec)
+    return document
+
+
+# (case, manifest, text the API server's or the operator's message must contain)
+SCHEMA_REJECTED: list[tuple[str, dict[str, Any], str]] = [
+    ("no workers", _invalid("bad-a", workers=0), "spec.workers"),
+    ("negative gpus", _invalid("bad-b", gpusPerWorker=-1), "spec.gpusPerWorker"),
+    (
+        "two model sources",
+        _invalid("bad-c", model={"preset": "tiny", "path": "/m"}),
+        "model.preset",
+    ),
+    (
+        "unknown precision",
+        _invalid("bad-d", training={**TRAINING, "precision": "fp8"}),
+        "precision",
+    ),
+    (
+        "claim and size",
+        _invalid("bad-e", checkpoint={"size": "1Gi", "claimName": "c"}),
+        "checkpoint",
+    ),
+    ("unknown field", _invalid("bad-f", worker=3), "worker"),
+    ("seq too short", _invalid("bad-g", training={**TRAINING, "seqLen": 4}), "seqLen"),
+    ("procs with gpus", _invalid("bad-h", gpusPerWorker=2, procsPerWorker=3), "procsPerWorker"),
+    (
+        "global batch",
+        _invalid("bad-i", training={**TRAINING, "globalBatchSize": 7}),
+        "globalBatchSize",
+    ),
+    (
+        "rule with two matchers",
+        _invalid(
+            "bad-j",
+            failurePolicy={
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {"operator": "In", "values": [1]},
+                        "onPodConditions": ["DisruptionTarget"],
+                    }
+                ]
+            },
+        ),
+        "onExitCodes",
+    ),
+    ("name too long", _invalid("a" * 55), "metadata.name"),
+]
+OPERATOR_REJECTED: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "deepspeed contradicts training",
+        _invalid("bad-k", deepspeed={"gradient_accumulation_steps": 8}),
+        "deepspeed.gradient_accumulation_steps",
+    ),
+    (
+        "mount of no volume",
+        _invalid("bad-l", volumeMounts=[{"name": "x", "mountPath": "/x"}]),
+        "volumeMounts",
+    ),
+    ("reserved env", _invalid("bad-m", env=[{"name": "LLMJOB_ATTEMPT", "value": "7"}]), "env"),
+    (
+        "seq beyond the model",
+        _invalid("bad-n", training={**TRAINING, "seqLen": 4096}),
+        "training.seqLen",
+    ),
+]
+
+
+def test_invalid_manifests_are_rejected_naming_the_field_and_others_still_train(
+    trainer_jobs: Jobs, kubectl: list[str]
+) -> None:
+    def apply(document: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*kubectl, "apply", "-n", trainer_jobs.namespace, "-f", "-"],
+            input=yaml.safe_dump(document),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    for case, document, field in SCHEMA_REJECTED:
+        result = apply(document)
+        assert result.returncode != 0, f"{case}: accepted"
+        assert field in result.stderr, f"{case}: {result.stderr}"
+    for case, document, _field in OPERATOR_REJECTED:
+        assert apply(document).returncode == 0, case
+    trainer_jobs.create(trainer_job("survivor", training={**TRAINING, "maxSteps": 20}))
+    for case, document, field in OPERATOR_REJECTED:
+        failed = trainer_jobs.wait_phase(document["metadata"]["name"], "Failed", timeout=60)
+        failure = condition(failed, "Failed")
+        assert failure["reason"] == "InvalidSpec", case
+        assert field in failure["message"], f"{case}: {failure['message']}"
+        assert trainer_jobs.pods(document["metadata"]["name"]) == [], case
+    assert len(SCHEMA_REJECTED) + len(OPERATOR_REJECTED) >= 10
+    trainer_jobs.wait_phase("survivor", "Succeeded", timeout=600)
