@@ -25,6 +25,8 @@ JOB = "observed"
 def scrape_job(name: str, targets: Path, *keep: dict[str, Any]) -> dict[str, Any]:
     return {
         "job_name": name,
+        # The operator's per-job series carry the job's own `namespace` label: keep it.
+        "honor_labels": True,
         "scrape_interval": "2s",
         "scrape_timeout": "1s",
         "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "2s"}],
