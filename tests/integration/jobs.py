@@ -74,7 +74,7 @@ class Jobs:
         self,
         name: str,
         predicate: Callable[[dict[str, Any]], bool],
-        timeout: float = 120,
+        timeout: float = 300,
         what: str = "condition",
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -86,7 +86,7 @@ class Jobs:
             time.sleep(0.5)
         raise AssertionError(f"{name}: no {what} after {timeout}s; status: {status}")
 
-    def wait_phase(self, name: str, phase: str, timeout: float = 120) -> dict[str, Any]:
+    def wait_phase(self, name: str, phase: str, timeout: float = 300) -> dict[str, Any]:
         return self.wait(name, lambda s: s.get("phase") == phase, timeout, f"phase {phase}")
 
     def pods(self, name: str) -> list[client.V1Pod]:
