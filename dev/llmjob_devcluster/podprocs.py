@@ -42,14 +42,31 @@ def kill_mount_namespace(namespace: str, timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
+def record_sandbox(pid_file: Path, pid: int) -> None:
+    """Notes a pod's sandbox for kill_leftover_pods: its pid and, once it has entered it,
+    its mount namespace, so that a stale file never leads to a reused pid."""
+    namespace = mount_namespace(pid)
+    own = mount_namespace(os.getpid())
+    pid_file.write_text(f"{pid}\n{namespace if namespace != own else ''}\n")
+
+
 def kill_leftover_pods(pods_dir: Path) -> None:
     """Kills the processes of every pod whose sandbox is still alive (after the node
     agent itself was killed, say), found through the sandbox pid files."""
     if not pods_dir.is_dir():
         return
+    own = mount_namespace(os.getpid())
     for pid_file in pods_dir.glob(f"*/{SANDBOX_PID_FILE}"):
         with contextlib.suppress(ValueError, OSError):
-            namespace = mount_namespace(int(pid_file.read_text()))
-            if namespace is not None and namespace != mount_namespace(os.getpid()):
+            pid_text, recorded, *_ = [*pid_file.read_text().split("\n"), ""]
+            pid = int(pid_text)
+            namespace = mount_namespace(pid)
+            is_sandbox = b"sandbox.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            if (
+                namespace is not None
+                and namespace != own
+                and is_sandbox
+                and (not recorded or recorded == namespace)
+            ):
                 kill_mount_namespace(namespace)
         pid_file.unlink(missing_ok=True)

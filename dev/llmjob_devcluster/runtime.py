@@ -97,7 +97,16 @@ class Container:
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        """Whether the main process runs. An exited one is left unreaped (a zombie) until
+        _record_exit: while it is, its pid and process group id cannot be reused, so
+        signalling them can never hit an unrelated process (pid_max may be only 32768)."""
+        if self.process is None or self.process.returncode is not None:
+            return False
+        try:
+            exited = os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False
+        return exited is None
 
     @property
     def exit_code(self) -> int | None:
@@ -490,9 +499,10 @@ class PodWorker(threading.Thread):
 
     def _record_exit(self, container: Container) -> None:
         assert container.process is not None
-        code = container.process.wait()
-        # Whatever the container's main process left behind dies with it, as in a pid namespace.
+        # Whatever the container's main process left behind dies with it, as in a pid
+        # namespace; signalled before the main process is reaped (see Container.running).
         processes.signal_group(container.process.pid, signal.SIGKILL)
+        code = container.process.wait()
         exit_code = code if code >= 0 else 128 - code
         started = (container.state.get("running") or {}).get("startedAt", kube.now())
         terminated: dict[str, Any] = {
@@ -863,7 +873,7 @@ class PodWorker(threading.Thread):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        (self.dir / podprocs.SANDBOX_PID_FILE).write_text(str(self.sandbox.pid))
+        podprocs.record_sandbox(self.dir / podprocs.SANDBOX_PID_FILE, self.sandbox.pid)
         while not ready_file.exists():
             if self.sandbox.poll() is not None:
                 raise RuntimeError(
@@ -871,6 +881,7 @@ class PodWorker(threading.Thread):
                 )
             self._check_stop()
             time.sleep(0.02)
+        podprocs.record_sandbox(self.dir / podprocs.SANDBOX_PID_FILE, self.sandbox.pid)
 
     def write_hosts(self, content: str) -> None:
         """Rewrites /etc/hosts in place: the sandbox bind-mounted this very inode."""
@@ -893,12 +904,13 @@ class PodWorker(threading.Thread):
             if container.process is not None:
                 processes.signal_group(container.process.pid, signal.SIGKILL)
                 self._record_exit(container)
-        if self.sandbox is not None:
+        # Only an unreaped sandbox's pid is surely still the sandbox.
+        if self.sandbox is not None and self.sandbox.returncode is None:
             namespace = podprocs.mount_namespace(self.sandbox.pid)
             if namespace is not None and namespace != podprocs.mount_namespace(os.getpid()):
                 podprocs.kill_mount_namespace(namespace)
             self.sandbox.wait()
-            (self.dir / podprocs.SANDBOX_PID_FILE).unlink(missing_ok=True)
+        (self.dir / podprocs.SANDBOX_PID_FILE).unlink(missing_ok=True)
 
     def _terminate(self, grace: float) -> None:
         """SIGTERM to every running container, SIGKILL to whatever is left after `grace`."""
@@ -906,7 +918,8 @@ class PodWorker(threading.Thread):
         for container in running:
             assert container.process is not None
             with contextlib.suppress(ProcessLookupError):
-                container.process.send_signal(signal.SIGTERM)
+                # Not Popen.send_signal: its poll() would reap the process (see running).
+                os.kill(container.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while any(c.running for c in running) and time.monotonic() < deadline:
             if self.lost.is_set():
