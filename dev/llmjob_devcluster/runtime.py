@@ -941,9 +941,9 @@ class PodWorker(threading.Thread):
         if self.ip is not None:
             self.host.release_ip(self.ip)
         self.finished = True
-        if not self.lost.is_set() and self.dir.exists():
-            shutil.rmtree(self.dir / "upper", ignore_errors=True)
-            shutil.rmtree(self.dir / "work", ignore_errors=True)
+        if not self.lost.is_set():
+            # Its overlay, emptyDirs and copies of secrets go with it (logs stay).
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def _grace(self) -> float:
         metadata, spec = self.pod["metadata"], self.pod["spec"]
