@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import platform
+import shutil
 import signal
 import threading
 import time
@@ -233,11 +234,13 @@ class NodeAgent:
                     if worker.node == name:
                         worker.lost.set()
         restored = self.lost - lost
+        dead: list[PodWorker] = []
         for name in restored:
             log.warning("node %s back", name)
             with self.workers_lock:
-                for uid in [uid for uid, w in self.workers.items() if w.node == name]:
-                    del self.workers[uid]
+                dead += [w for w in self.workers.values() if w.node == name]
+                for worker in dead:
+                    self.workers.pop(worker.uid, None)
         self.lost = lost
         for name in restored:
             # What happened to its pods meanwhile (evictions) came while it was deaf.
@@ -246,6 +249,11 @@ class NodeAgent:
             )
             for pod in kube.as_dict(self.apis[name], listing)["items"]:
                 self.handle_pod("ADDED", pod)
+        with self.workers_lock:
+            gone = [w for w in dead if w.uid not in self.workers]
+        for worker in gone:
+            # Deleted while the node was away: only its directory is left to clean.
+            shutil.rmtree(worker.dir, ignore_errors=True)
 
     # --- pods -----------------------------------------------------------------------------
 
