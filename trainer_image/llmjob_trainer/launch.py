@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def forward(signum: int, frame: FrameType | None) -> None:
         nonlocal stopped_before_training
+        if launcher.poll() is not None:
+            # Already exited and reaped: its pid (and group id) may belong to another process now.
+            return
         ranks = rank_processes(launcher.pid)
         log.info("signal %d: asking ranks %s to commit and stop", signum, ranks)
         for pid in ranks:
