@@ -14,6 +14,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = REPO_ROOT / ".devcluster"
+# Where every pod sees this checkout's sources, as an image would hold them: a fixed path, so
+# a checkout anywhere (under /tmp, say, which pods cover with an emptyDir) is always visible.
+IMAGE_SOURCE_DIR = "/opt/llmjob/src"
 # Every port of one cluster lies in [port_base, port_base + PORTS_PER_CLUSTER).
 PORTS_PER_CLUSTER = 20
 MAX_NODES = PORTS_PER_CLUSTER - 5

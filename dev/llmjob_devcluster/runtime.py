@@ -34,7 +34,7 @@ import urllib3
 from kubernetes import client
 
 from llmjob_devcluster import kube, podprocs, podspec, processes
-from llmjob_devcluster.layout import REPO_ROOT, Layout
+from llmjob_devcluster.layout import IMAGE_SOURCE_DIR, REPO_ROOT, Layout
 
 log = logging.getLogger("llmjob_devcluster.runtime")
 
@@ -45,7 +45,11 @@ CONTAINER_EXEC_SCRIPT = HERE / "container_exec.py"
 # the checkout's packages importable, as if they were installed in the image.
 VENV_BIN = Path(sys.executable).parent
 IMAGE_PATH = f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-IMAGE_PYTHONPATH = ":".join(str(REPO_ROOT / part) for part in ("operator", "trainer_image", "dev"))
+IMAGE_PYTHONPATH = ":".join(
+    f"{IMAGE_SOURCE_DIR}/{part}" for part in ("operator", "trainer_image", "dev")
+)
+# container_exec.py as the pod sees it (it runs inside the pod's root).
+POD_CONTAINER_EXEC_SCRIPT = f"{IMAGE_SOURCE_DIR}/{CONTAINER_EXEC_SCRIPT.relative_to(REPO_ROOT)}"
 TICK_SECONDS = 0.1
 MAX_RESTART_BACKOFF_SECONDS = 20.0
 # Pod tokens are requested for this long; the kubelet's default for projected tokens.
@@ -474,7 +478,7 @@ class PodWorker(threading.Thread):
             "--root",
             sys.executable,
             "-I",
-            str(CONTAINER_EXEC_SCRIPT),
+            POD_CONTAINER_EXEC_SCRIPT,
             json.dumps(spec),
         ]
         return argv, env
@@ -849,6 +853,8 @@ class PodWorker(threading.Thread):
             "hostnameFile": str(self.dir / "hostname"),
             "readyFile": str(ready_file),
             "hostBinds": host_binds,
+            "imageSource": str(REPO_ROOT),
+            "imageTarget": IMAGE_SOURCE_DIR,
             "memoryVolumes": memory_dirs,
             "mounts": mounts,
         }

@@ -82,6 +82,8 @@ def build_root(setup: dict[str, Any]) -> Path:
     mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", str(root / "dev" / "shm"))
     for host_path in setup["hostBinds"]:
         bind(host_path, inside(root, host_path), read_only=False)
+    # The checkout, at the fixed path where pods find the "image's" sources.
+    bind(setup["imageSource"], inside(root, setup["imageTarget"]), read_only=True)
     for memory_dir in setup["memoryVolumes"]:
         # Mounted over the volume's host directory in this namespace only, so the data
         # lives in RAM and the host never sees it.

@@ -3,16 +3,17 @@
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
 from urllib3.exceptions import ProtocolError
 
+from llmjob_devcluster.layout import IMAGE_SOURCE_DIR
 from llmjob_operator.api import GROUP, PLURAL, VERSION
 from llmjob_operator.render import ATTEMPT_LABEL, JOB_NAME_LABEL
 
-STANDIN_BIN = Path(__file__).resolve().parent / "standin"
+# As pods see it: the checkout is the image, at IMAGE_SOURCE_DIR in every pod.
+STANDIN_BIN = f"{IMAGE_SOURCE_DIR}/tests/integration/standin"
 
 
 def standin_env(venv_bin: str, **knobs: str | int) -> list[dict[str, str]]:
