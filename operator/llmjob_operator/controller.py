@@ -92,7 +92,7 @@ class Controller:
             spec=job.spec,
             status=status,
         )
-        observed = self._observe(key, status)
+        observed = self._observe(key, status, job.spec.metrics_port)
         desired = partial(render, ref, job.spec, self.render_settings)
         result = plan(view, lambda attempt: desired(attempt=attempt), observed, now)
         self._execute(kube, body, status, result)
@@ -102,7 +102,7 @@ class Controller:
             wait = interval if wait is None else min(wait, interval)
         return wait
 
-    def _observe(self, key: JobKey, status: LLMTrainingJobStatus) -> Observed:
+    def _observe(self, key: JobKey, status: LLMTrainingJobStatus, metrics_port: int) -> Observed:
         owned = self.store.owned(key)
         workers = [w for b in owned if b["kind"] == "Pod" and (w := worker_state(b)) is not None]
         others = [b for b in owned if b["kind"] != "Pod"]
@@ -118,14 +118,8 @@ class Controller:
         )
         seen = None
         if status.phase == "Running" and rank0 is not None and rank0.pod_ip is not None:
-            seen = self._scrape(key, rank0.pod_ip, int(self._metrics_port(key)))
-        return Observed(
-            workers=workers, existing=frozenset(hashes), applied_hashes=hashes, progress=seen
-        )
-
-    def _metrics_port(self, key: JobKey) -> int:
-        body = self.store.job(key) or {}
-        return int((body.get("spec") or {}).get("metricsPort", 9400))
+            seen = self._scrape(key, rank0.pod_ip, metrics_port)
+        return Observed(workers=workers, applied_hashes=hashes, progress=seen)
 
     def _scrape(self, key: JobKey, pod_ip: str, port: int) -> TrainerProgress:
         """At most one /metrics read per progress interval per job, however often we wake."""

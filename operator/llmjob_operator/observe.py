@@ -125,8 +125,7 @@ class Observed:
     """Everything plan() looks at besides the job's own spec and status."""
 
     workers: list[WorkerState] = field(default_factory=list)
-    existing: frozenset[str] = frozenset()
-    """`Kind/name` of the non-pod objects the job owns (Service, ConfigMap, claim)."""
     applied_hashes: dict[str, str] = field(default_factory=dict)
-    """`Kind/name` -> the spec hash annotation the object carries."""
+    """`Kind/name` of each non-pod object the job owns (Service, ConfigMap, claim) -> the
+    spec hash annotation it carries."""
     progress: TrainerProgress | None = None

@@ -198,7 +198,7 @@ class _Planner:
             hashed = with_spec_hash(body)
             key = object_key(body)
             wanted = hashed["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
-            if key not in self.observed.existing or self.observed.applied_hashes.get(key) != wanted:
+            if self.observed.applied_hashes.get(key) != wanted:
                 self.actions.append(ApplyObject(hashed))
 
     def create_missing_pods(self) -> None:

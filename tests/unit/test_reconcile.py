@@ -74,7 +74,6 @@ def run(
         ]
     observed = Observed(
         workers=workers or [],
-        existing=supporting,
         applied_hashes={k: v for k, v in hashes.items() if k in supporting},
         progress=progress,
     )
