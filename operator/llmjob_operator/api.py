@@ -42,6 +42,8 @@ OPERATOR_ENV = frozenset(
         "LLMJOB_WORKER_INDEX",
         "LLMJOB_NUM_WORKERS",
         "LLMJOB_ATTEMPT",
+        "LLMJOB_RUN_ID",
+        "LLMJOB_CONFIG_HASH",
         "LLMJOB_METRICS_PORT",
         "LLMJOB_POD_NAME",
         "LLMJOB_POD_NAMESPACE",
@@ -237,14 +239,23 @@ class FailurePolicy(ApiModel):
         description="Fail the job (reason Unschedulable) when schedulingTimeoutSeconds passes.",
     )
     failure_settle_seconds: int = Field(
-        default=0,
+        default=60,
         ge=0,
         le=3600,
-        description="Before counting a restart, wait this long after the first failed worker "
-        "for signs that the gang was disrupted instead (a peer evicted from a lost node, "
-        "preempted): when a peer dies with its node, the survivors fail first. Cover the "
-        "cluster's node-monitor grace period plus the not-ready toleration to classify node "
-        "loss as a disruption; 0 counts at once.",
+        description="A failure that would end the job (maxRestarts used up) first waits this "
+        "long for signs that the gang was disrupted instead (a peer's DisruptionTarget, its node "
+        "NotReady or gone): when a node dies, the survivors fail before the cluster marks the "
+        "lost pod. Restarts themselves never wait: a counted restart is given back when such "
+        "signs come later. 0 ends the job at once.",
+    )
+    survivor_grace_period_seconds: int = Field(
+        default=10,
+        ge=0,
+        le=3600,
+        description="Grace period of the surviving workers of a gang that already broke (a "
+        "worker exited, vanished or stalled). Without the lost rank they cannot commit a "
+        "checkpoint, so they are stopped quickly to free their GPUs; suspend, spec changes and "
+        "preemption keep checkpoint.saveTimeoutSeconds, since every rank is healthy then.",
     )
     rules: list[FailureRule] = Field(
         default_factory=list,
@@ -509,6 +520,11 @@ class FailureRecord(ApiModel):
     attempt: int | None = Field(default=None, description="The attempt that failed.")
     exit_code: int | None = Field(default=None, description="Container exit code, if any.")
     time: datetime = Field(description="When the failure was observed.")
+    counted: bool | None = Field(
+        default=None,
+        description="Whether the restart it caused counts against maxRestarts; a counted "
+        "restart becomes a disruption when the failed gang later shows one (node loss).",
+    )
 
 
 class Progress(ApiModel):
@@ -521,7 +537,8 @@ class Progress(ApiModel):
     eta_seconds: int | None = Field(default=None, description="Estimated seconds to finish.")
     updated_time: datetime | None = Field(default=None, description="When these were read.")
     last_advance_time: datetime | None = Field(
-        default=None, description="When the operator last saw the step advance (hang detection)."
+        default=None,
+        description="When the last step finished, by the trainer's own clock (hang detection).",
     )
 
 

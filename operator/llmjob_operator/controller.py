@@ -1,89 +1,141 @@
-"""One reconcile of one job: observe (cache + /metrics) -> render -> plan -> execute.
+"""One reconcile of one job: observe (cache + progress reads) -> render -> plan -> execute.
 
 The only place that joins the pure planner to I/O. Writes the status first, then acts,
-so the status stays the durable record (see reconcile.py).
+so the status stays the durable record (see reconcile.py). Writes only what a user can
+see changing (reconcile.status_write_due), so an idle job costs the API server nothing.
 """
 
 import json
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import urllib3
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from llmjob_operator import metrics, progress
+from llmjob_operator import metrics
 from llmjob_operator.api import LLMTrainingJob, LLMTrainingJobStatus
-from llmjob_operator.kube import ConflictError, Kube
-from llmjob_operator.observe import Observed, TrainerProgress, parse_time, worker_state
+from llmjob_operator.kube import ConflictError, ForeignObjectError, GoneError, Kube
+from llmjob_operator.observe import NodeHealth, Observed, WorkerState, parse_time, worker_state
 from llmjob_operator.policy import set_condition
+from llmjob_operator.progress import ProgressReader, Target
 from llmjob_operator.reconcile import (
-    SPEC_HASH_ANNOTATION,
     ApplyObject,
     DeleteJob,
     DeletePod,
+    Event,
     JobView,
     Plan,
     plan,
     plan_invalid,
+    status_write_due,
 )
-from llmjob_operator.render import JobRef, RenderSettings, render
+from llmjob_operator.render import SPEC_HASH_ANNOTATION, JobRef, RenderSettings, render
 from llmjob_operator.settings import OperatorSettings
 from llmjob_operator.store import JobKey, Store
 
 log = logging.getLogger(__name__)
 RECONCILE_ERROR_CONDITION = "ReconcileError"
-CONFLICT_RETRY_SECONDS = 0.5
-ERROR_RETRY_SECONDS = 5.0
+# Node reads are shared by every job on the node for this long.
+NODE_HEALTH_TTL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the work queue does with the key next."""
+
+    requeue_after: float | None = None
+    failed: bool = False
+    """True: retry with the key's own exponential backoff."""
+
+
+class NodeHealthCache:
+    """Reads nodes only for pods that need it (stuck terminating, a gang being settled)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, NodeHealth]] = {}
+
+    def health(self, kube: Kube, node: str) -> NodeHealth:
+        with self._lock:
+            cached = self._seen.get(node)
+        if cached is not None and time.monotonic() - cached[0] < NODE_HEALTH_TTL_SECONDS:
+            return cached[1]
+        health = kube.node_health(node)
+        with self._lock:
+            self._seen[node] = (time.monotonic(), health)
+        return health
 
 
 class Controller:
-    def __init__(self, store: Store, settings: OperatorSettings, instance: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: OperatorSettings,
+        instance: str,
+        progress_reader: ProgressReader,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.instance = instance
+        self.progress = progress_reader
+        self.nodes = NodeHealthCache()
         self.render_settings = RenderSettings(default_image=settings.default_image)
-        self._last_scrape: dict[JobKey, tuple[float, TrainerProgress]] = {}
 
-    def reconcile(self, kube: Kube, key: JobKey) -> float | None:
-        """Reconcile one job; returns seconds until it wants to be looked at again."""
+    def reconcile(self, kube: Kube, key: JobKey) -> Outcome:
         body = self.store.job(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            self._last_scrape.pop(key, None)
-            return None
+            self.progress.watch(key, None)
+            return Outcome()
         started = time.monotonic()
         try:
             return self._reconcile(kube, key, body)
         except ConflictError:
-            return CONFLICT_RETRY_SECONDS
+            # Our cached body is older than the server's: its event is on the way.
+            return Outcome(failed=True)
+        except GoneError:
+            self.store.drop_job(key, body["metadata"].get("uid"))
+            self.progress.watch(key, None)
+            return Outcome()
+        except ForeignObjectError as error:
+            log.warning("job %s/%s is blocked: %s", *key, error)
+            self._report_error(kube, body, "ForeignObject", str(error))
+            return Outcome(failed=True)
         except ApiException as error:
             metrics.RECONCILE_ERRORS.inc()
             log.warning("reconcile of %s/%s failed: %s %s", *key, error.status, error.reason)
             reason = str(error.reason or "ApiError").replace(" ", "")
             self._report_error(kube, body, reason, f"{error.status}: {_api_message(error)}")
-            return ERROR_RETRY_SECONDS
+            return Outcome(failed=True)
+        except (OSError, urllib3.exceptions.HTTPError) as error:
+            metrics.RECONCILE_ERRORS.inc()
+            log.warning("reconcile of %s/%s: API server unreachable: %s", *key, error)
+            return Outcome(failed=True)
         except Exception as error:
             # A bug of ours must still reach the job's owner, and must not stop other jobs.
             metrics.RECONCILE_ERRORS.inc()
             log.exception("reconcile of %s/%s crashed", *key)
             self._report_error(kube, body, "InternalError", f"{type(error).__name__}: {error}")
-            return ERROR_RETRY_SECONDS
+            return Outcome(failed=True)
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
-    def _reconcile(self, kube: Kube, key: JobKey, body: dict[str, Any]) -> float | None:
+    def _reconcile(self, kube: Kube, key: JobKey, body: dict[str, Any]) -> Outcome:
         now = datetime.now(UTC)
         status = LLMTrainingJobStatus.model_validate(body.get("status") or {})
         generation = int(body["metadata"].get("generation", 1))
         try:
             job = LLMTrainingJob.model_validate(body)
         except ValidationError as error:
-            self._execute(
-                kube, body, status, plan_invalid(status, generation, _explain(error), now)
-            )
-            return None
+            self.progress.watch(key, None)
+            invalid = plan_invalid(status, generation, _explain(error), now)
+            self._execute(kube, key, body, status, invalid, now)
+            return Outcome()
         ref = JobRef(name=key[1], namespace=key[0], uid=body["metadata"]["uid"])
         view = JobView(
             ref=ref,
@@ -92,96 +144,138 @@ class Controller:
             spec=job.spec,
             status=status,
         )
-        observed = self._observe(key, status, job.spec.metrics_port)
+        observed = self._observe(kube, key, status, job.spec.metrics_port, now)
         desired = partial(render, ref, job.spec, self.render_settings)
         result = plan(view, lambda attempt: desired(attempt=attempt), observed, now)
-        self._execute(kube, body, status, result)
-        wait = result.requeue_after
-        if result.status.phase in ("Pending", "Running"):
-            interval = self.settings.progress_interval_seconds
-            wait = interval if wait is None else min(wait, interval)
-        return wait
+        deferred = self._execute(kube, key, body, status, result, now)
+        waits = [w for w in (result.requeue_after, deferred) if w is not None]
+        return Outcome(requeue_after=min(waits) if waits else None)
 
-    def _observe(self, key: JobKey, status: LLMTrainingJobStatus, metrics_port: int) -> Observed:
+    def _observe(
+        self,
+        kube: Kube,
+        key: JobKey,
+        status: LLMTrainingJobStatus,
+        metrics_port: int,
+        now: datetime,
+    ) -> Observed:
         owned = self.store.owned(key)
         workers = [w for b in owned if b["kind"] == "Pod" and (w := worker_state(b)) is not None]
-        others = [b for b in owned if b["kind"] != "Pod"]
         hashes = {
             f"{b['kind']}/{b['metadata']['name']}": (b["metadata"].get("annotations") or {}).get(
                 SPEC_HASH_ANNOTATION, ""
             )
-            for b in others
+            for b in owned
+            if b["kind"] != "Pod"
         }
         rank0 = next(
             (w for w in workers if w.index == 0 and w.attempt == status.attempt and w.pod_ip),
             None,
         )
-        seen = None
         if status.phase == "Running" and rank0 is not None and rank0.pod_ip is not None:
-            seen = self._scrape(key, rank0.pod_ip, metrics_port)
-        return Observed(workers=workers, applied_hashes=hashes, progress=seen)
+            self.progress.watch(key, Target(status.attempt, rank0.pod_ip, metrics_port))
+        else:
+            self.progress.watch(key, None)
+        return Observed(
+            workers=workers,
+            applied_hashes=hashes,
+            progress=self.progress.latest(key, status.attempt),
+            node_health=self._node_health(kube, status, workers, now),
+        )
 
-    def _scrape(self, key: JobKey, pod_ip: str, port: int) -> TrainerProgress:
-        """At most one /metrics read per progress interval per job, however often we wake."""
-        last = self._last_scrape.get(key)
-        if last and time.monotonic() - last[0] < self.settings.progress_interval_seconds / 2:
-            return last[1]
-        seen = progress.scrape(pod_ip, port)
-        if seen.error:
-            log.info("progress of %s/%s unavailable: %s", *key, seen.error)
-        self._last_scrape[key] = (time.monotonic(), seen)
-        return seen
+    def _node_health(
+        self, kube: Kube, status: LLMTrainingJobStatus, workers: list[WorkerState], now: datetime
+    ) -> dict[str, NodeHealth]:
+        """Nodes are read only when a decision depends on them: a pod stuck terminating, or a
+        failed gang whose restart may be a disruption."""
+        failure = status.last_failure
+        settling = status.phase == "Restarting" or (
+            failure is not None and failure.attempt == status.attempt
+        )
+        nodes = {
+            w.node_name
+            for w in workers
+            if w.node_name
+            and (settling or (w.deletion_deadline is not None and now > w.deletion_deadline))
+        }
+        return {node: self.nodes.health(kube, node) for node in sorted(nodes)}
 
     def _execute(
-        self, kube: Kube, body: dict[str, Any], old: LLMTrainingJobStatus, result: Plan
-    ) -> None:
+        self,
+        kube: Kube,
+        key: JobKey,
+        body: dict[str, Any],
+        old: LLMTrainingJobStatus,
+        result: Plan,
+        now: datetime,
+    ) -> float | None:
+        """Writes the status (when due), then acts. Returns the seconds until a deferred
+        progress-only write is due, if one was deferred."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         new_status = _clear_reconcile_error(result.status)
-        if _dump(new_status) != _dump(old):
+        due = status_write_due(old, new_status, now, self.settings.progress_interval_seconds)
+        deferred = None
+        if due == 0:
             updated = kube.write_status(namespace, name, meta["resourceVersion"], _dump(new_status))
             self.store.put_job(updated)
+        elif due is not None:
+            deferred = due
         for action in result.actions:
             if isinstance(action, ApplyObject):
-                kube.apply(action.body)
+                kind = action.body["kind"]
+                cached = self.store.cached(kind, namespace, action.body["metadata"]["name"])
+                server_copy = kube.apply(action.body, cached)
+                if server_copy is not None:
+                    self.store.put_owned(kind, server_copy)
             elif isinstance(action, DeletePod):
-                kube.delete_pod(namespace, action.name, force=action.force)
+                kube.delete_pod(namespace, action.name, action.uid, action.grace_seconds)
             elif isinstance(action, DeleteJob):
                 kube.delete_job(namespace, name)
         for event in result.events:
             kube.emit_event(body, event, self.instance)
         metrics.record(result, old.phase)
+        return deferred
 
     def _report_error(self, kube: Kube, body: dict[str, Any], reason: str, message: str) -> None:
         """Reconcile errors belong in the job's status, where its owner looks, not only in
-        our log."""
+        our log: a condition and an event, each written once per distinct error."""
         try:
             fresh = kube.get_job(body["metadata"]["namespace"], body["metadata"]["name"])
-        except ApiException as error:
-            log.warning("could not read the job to record its reconcile error: %s", error.reason)
+        except (ApiException, OSError, urllib3.exceptions.HTTPError) as error:
+            log.warning("could not read the job to record its reconcile error: %s", error)
             return
         if fresh is None:
             return
         status = LLMTrainingJobStatus.model_validate(fresh.get("status") or {})
+        message = message[:2000]
+        if any(
+            c.type == RECONCILE_ERROR_CONDITION and c.reason == reason and c.message == message
+            for c in status.conditions
+        ):
+            return
         conditions = set_condition(
             status.conditions,
             RECONCILE_ERROR_CONDITION,
             True,
             reason,
-            message[:2000],
+            message,
             datetime.now(UTC),
             fresh["metadata"].get("generation"),
         )
         updated = status.model_copy(update={"conditions": conditions})
         try:
-            kube.write_status(
+            written = kube.write_status(
                 fresh["metadata"]["namespace"],
                 fresh["metadata"]["name"],
                 fresh["metadata"]["resourceVersion"],
                 _dump(updated),
             )
-        except (ConflictError, ApiException) as again:
+        except (ConflictError, GoneError, ApiException, OSError) as again:
             log.warning("could not record the reconcile error in status: %s", again)
+            return
+        self.store.put_job(written)
+        kube.emit_event(fresh, Event("Warning", reason, message), self.instance)
 
 
 def _clear_reconcile_error(status: LLMTrainingJobStatus) -> LLMTrainingJobStatus:

@@ -4,6 +4,10 @@ Only low-level `on.event` handlers: kopf's daemons and timers would put a finali
 every job (blocking its deletion while the operator is down), and its change handlers
 would write their own annotations. Time-based rules are served by the work queue's
 delayed re-adds instead.
+
+Owned kinds are watched with a server-side label selector (only our objects are sent and
+decoded), and an event wakes a job only when it changed the cache: the MODIFIED event of our
+own status write carries the version we already hold, so it costs no second pass.
 """
 
 import logging
@@ -15,11 +19,12 @@ import kopf
 
 from llmjob_operator.api import GROUP, PLURAL, VERSION
 from llmjob_operator.controller import Controller
-from llmjob_operator.kube import Kube, load_config
+from llmjob_operator.kube import ClientLimits, Kube, TokenBucket, load_config
 from llmjob_operator.metrics import serve
+from llmjob_operator.progress import ProgressReader
 from llmjob_operator.render import JOB_NAME_LABEL
 from llmjob_operator.settings import OperatorSettings
-from llmjob_operator.store import JobKey, Store
+from llmjob_operator.store import Body, JobKey, Store
 from llmjob_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -27,9 +32,16 @@ log = logging.getLogger(__name__)
 store = Store()
 queue: WorkQueue[JobKey] = WorkQueue()
 _settings: OperatorSettings | None = None
+_progress: ProgressReader | None = None
 # Seconds between kopf's watch reconnects: a silent stall of a long watch is kopf's top pitfall.
 WATCH_SERVER_TIMEOUT = 300
 WATCH_CLIENT_TIMEOUT = 330
+OWNED_KINDS = {
+    "Pod": "pods",
+    "Service": "services",
+    "ConfigMap": "configmaps",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+}
 
 
 def configure(settings: OperatorSettings) -> None:
@@ -38,73 +50,147 @@ def configure(settings: OperatorSettings) -> None:
     _settings = settings
 
 
+def _limits(settings: OperatorSettings) -> ClientLimits:
+    return ClientLimits(
+        request_timeout_seconds=settings.api_timeout_seconds,
+        writes=TokenBucket(settings.api_write_qps, settings.api_write_burst),
+    )
+
+
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _progress  # noqa: PLW0603 - kopf handlers are module-level by design
     assert _settings is not None, "configure() must run before kopf starts"
     settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
     settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
     settings.watching.connect_timeout = 30
     settings.posting.level = logging.WARNING
+    for plural in OWNED_KINDS.values():
+        settings.watching.label_selectors["v1", plural] = JOB_NAME_LABEL
     if _settings.namespaces:
         # Exact namespace names need none of kopf's cluster-wide scans (namespaces, to match
         # glob patterns; CRDs, to notice new resources): namespaced RBAC grants neither.
         settings.scanning.disabled = True
     load_config()
-    seed_kube = Kube()
-    namespaces: list[str | None] = list(_settings.namespaces) or [None]
-    for namespace in namespaces:
-        for pod in seed_kube.list_worker_pods(namespace):
-            store.put_owned("Pod", pod)
-    serve(_settings.metrics_port, store.jobs)
-    controller = Controller(store, _settings, instance=socket.gethostname())
+    limits = _limits(_settings)
+    # The first relist fills the cache before any worker plans from it.
+    resync(Kube(limits), _settings)
+    serve(_settings.metrics_port, store.jobs, queue)
+    _progress = ProgressReader(
+        wake=queue.add,
+        interval_seconds=_settings.progress_interval_seconds,
+        concurrency=_settings.progress_concurrency,
+        deadline_seconds=_settings.progress_deadline_seconds,
+        max_bytes=_settings.progress_max_bytes,
+    )
+    threading.Thread(target=_progress.run, name="progress", daemon=True).start()
+    threading.Thread(
+        target=_resync_forever, args=(limits, _settings), name="resync", daemon=True
+    ).start()
+    controller = Controller(store, _settings, socket.gethostname(), _progress)
     for number in range(_settings.workers):
         threading.Thread(
-            target=_work, args=(controller,), name=f"reconcile-{number}", daemon=True
+            target=_work, args=(controller, limits), name=f"reconcile-{number}", daemon=True
         ).start()
+    for key in store.job_keys():
+        queue.add(key)
     log.info("llmjob operator started: %s", _settings)
 
 
 @kopf.on.cleanup()
 def cleanup(**_: Any) -> None:
     queue.close()
+    if _progress is not None:
+        _progress.stop()
 
 
-def _work(controller: Controller) -> None:
-    kube = Kube()
+def resync(kube: Kube, settings: OperatorSettings) -> None:
+    """A relist of every kind we cache (label-selected): what a watch gap deleted is dropped,
+    what it changed is updated, and each job so touched is reconciled."""
+    namespaces: list[str | None] = list(settings.namespaces) or [None]
+    touched: set[JobKey] = set()
+    for namespace in namespaces:
+        jobs, version = kube.list_kind("LLMTrainingJob", namespace)
+        touched |= store.replace_jobs(jobs, version, namespace)
+        for kind in OWNED_KINDS:
+            items, version = kube.list_kind(kind, namespace)
+            touched |= store.replace(kind, items, version, namespace)
+    for key in touched:
+        _wake_or_forget(key)
+
+
+def _resync_forever(limits: ClientLimits, settings: OperatorSettings) -> None:
+    kube = Kube(limits)
+    while not queue.closed.wait(settings.resync_seconds):
+        try:
+            resync(kube, settings)
+        except Exception:
+            log.exception("resync failed; the next one retries")
+
+
+def _wake_or_forget(key: JobKey) -> None:
+    if store.job(key) is not None:
+        queue.add(key)
+    else:
+        queue.drop(key)
+        if _progress is not None:
+            _progress.watch(key, None)
+
+
+def _work(controller: Controller, limits: ClientLimits) -> None:
+    kube = Kube(limits)
     while (key := queue.get()) is not None:
         try:
-            again = controller.reconcile(kube, key)
+            outcome = controller.reconcile(kube, key)
         except Exception:
             log.exception("reconcile of %s/%s crashed", *key)
-            again = 5.0
+            queue.add_rate_limited(key)
+            continue
         finally:
             queue.done(key)
-        if again is not None:
-            queue.add_after(key, again)
+        if outcome.failed:
+            queue.add_rate_limited(key)
+            continue
+        queue.forget(key)
+        if outcome.requeue_after is not None:
+            queue.add_after(key, outcome.requeue_after)
+
+
+def _plain(body: kopf.RawBody) -> Body:
+    """kopf's typed body as the plain dict the rest of the operator works with."""
+    return cast(Body, body)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def job_event(event: kopf.RawEvent, **_: Any) -> None:
     body = _plain(event["object"])
+    meta = body["metadata"]
+    key: JobKey = (meta["namespace"], meta["name"])
     if event.get("type") == "DELETED":
-        store.drop_job((body["metadata"]["namespace"], body["metadata"]["name"]))
+        store.drop_job(key, meta.get("uid"))
+        _wake_or_forget(key)
         return
-    queue.add(store.put_job(body))
-
-
-def _plain(body: kopf.RawBody) -> dict[str, Any]:
-    """kopf's typed body as the plain dict the rest of the operator works with."""
-    return cast(dict[str, Any], body)
+    changed = store.put_job(body)[1]
+    if changed:
+        queue.add(key)
 
 
 def _owned_event(kind: str, event: kopf.RawEvent) -> None:
     body = _plain(event["object"])
     if event.get("type") == "DELETED":
-        key = store.drop_owned(kind, body)
+        changed = store.drop_owned(kind, body)
     else:
-        key = store.put_owned(kind, body)
-    if key is not None and store.job(key) is not None:
-        queue.add(key)
+        changed = store.put_owned(kind, body)
+    if not changed:
+        return
+    owner = store.owner_of(body)
+    if owner is not None:
+        queue.add(owner)
+    # A same-named job may be waiting for this object of an older owner to go away.
+    job_label = (body["metadata"].get("labels") or {}).get(JOB_NAME_LABEL, "")
+    named = (body["metadata"]["namespace"], job_label)
+    if named != owner and store.job(named) is not None:
+        queue.add(named)
 
 
 @kopf.on.event("v1", "pods", labels={JOB_NAME_LABEL: kopf.PRESENT})

@@ -2,13 +2,21 @@
 
 import json
 import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import Counter
 
+from llmjob_operator import store
 from llmjob_operator.api import GROUP, PLURAL, VERSION
+from llmjob_operator.observe import NodeHealth, node_health
 from llmjob_operator.reconcile import Event
 from llmjob_operator.render import JOB_NAME_LABEL
 
@@ -19,9 +27,107 @@ MERGE_PATCH = "application/merge-patch+json"
 
 log = logging.getLogger(__name__)
 
+# The client's own count of what it asked (the API server's count is the one tests hold us to).
+API_REQUESTS = Counter(
+    "llmjob_operator_api_requests_total",
+    "Requests to the API server by client call and outcome (HTTP code, ok, or error).",
+    ["call", "code"],
+)
+API_THROTTLED_SECONDS = Counter(
+    "llmjob_operator_api_throttled_seconds_total",
+    "Seconds writes waited for the client-side token bucket.",
+)
+
+
+def _creators(core: client.CoreV1Api) -> dict[str, Callable[..., Any]]:
+    return {
+        "Pod": core.create_namespaced_pod,
+        "Service": core.create_namespaced_service,
+        "ConfigMap": core.create_namespaced_config_map,
+        "PersistentVolumeClaim": core.create_namespaced_persistent_volume_claim,
+    }
+
+
+def _readers(core: client.CoreV1Api) -> dict[str, Callable[..., Any]]:
+    return {
+        "Pod": core.read_namespaced_pod,
+        "Service": core.read_namespaced_service,
+        "ConfigMap": core.read_namespaced_config_map,
+        "PersistentVolumeClaim": core.read_namespaced_persistent_volume_claim,
+    }
+
+
+def _patchers(core: client.CoreV1Api) -> dict[str, Callable[..., Any]]:
+    return {
+        "Service": core.patch_namespaced_service,
+        "ConfigMap": core.patch_namespaced_config_map,
+        "PersistentVolumeClaim": core.patch_namespaced_persistent_volume_claim,
+    }
+
+
+def _listers(core: client.CoreV1Api) -> dict[str, tuple[Callable[..., Any], Callable[..., Any]]]:
+    return {
+        "Pod": (core.list_pod_for_all_namespaces, core.list_namespaced_pod),
+        "Service": (core.list_service_for_all_namespaces, core.list_namespaced_service),
+        "ConfigMap": (core.list_config_map_for_all_namespaces, core.list_namespaced_config_map),
+        "PersistentVolumeClaim": (
+            core.list_persistent_volume_claim_for_all_namespaces,
+            core.list_namespaced_persistent_volume_claim,
+        ),
+    }
+
 
 class ConflictError(Exception):
     """The job changed since it was read: re-observe and plan again."""
+
+
+class GoneError(Exception):
+    """The job no longer exists (404): drop it from the cache; nothing to retry."""
+
+
+class ForeignObjectError(Exception):
+    """An object the job needs exists under that name but is not controlled by the job."""
+
+    def __init__(self, kind: str, name: str, owner: str) -> None:
+        super().__init__(
+            f"{kind} {name} exists and is not controlled by this job (controller: {owner}); "
+            "the operator will not change it: delete or rename it"
+        )
+        self.kind = kind
+        self.name = name
+        self.owner = owner
+
+
+class TokenBucket:
+    """Client-side write limit (client-go's QPS/burst): `take` blocks until a token is free."""
+
+    def __init__(self, qps: float, burst: int) -> None:
+        self._qps = qps
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> float:
+        """Takes one token; returns the seconds it waited."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._qps)
+            self._stamp = now
+            self._tokens -= 1
+            wait = -self._tokens / self._qps if self._tokens < 0 else 0.0
+        if wait > 0:
+            time.sleep(wait)
+        return wait
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """Every request's time-out and the shared write budget of one operator process."""
+
+    connect_timeout_seconds: float = 5.0
+    request_timeout_seconds: float = 30.0
+    writes: TokenBucket = field(default_factory=lambda: TokenBucket(qps=20.0, burst=40))
 
 
 def load_config() -> None:
@@ -32,28 +138,57 @@ def load_config() -> None:
         config.load_kube_config()  # type: ignore[no-untyped-call]
 
 
+def _owner_description(body: dict[str, Any]) -> str:
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return f"{ref.get('kind')} {ref.get('name')} uid {ref.get('uid')}"
+    return "none"
+
+
 class Kube:
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+    def __init__(self, limits: ClientLimits, api_client: client.ApiClient | None = None) -> None:
         self.api_client = api_client or client.ApiClient()
         self.core = client.CoreV1Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
+        self.limits = limits
+        self.timeout = (limits.connect_timeout_seconds, limits.request_timeout_seconds)
+
+    def _write(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Every mutating request: a token from the shared bucket, then a bounded request."""
+        waited = self.limits.writes.take()
+        if waited > 0:
+            API_THROTTLED_SECONDS.inc(waited)
+        return self._read(call, *args, **kwargs)
+
+    def _read(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = call(*args, _request_timeout=self.timeout, **kwargs)
+        except ApiException as error:
+            API_REQUESTS.labels(call.__name__, str(error.status)).inc()
+            raise
+        except (OSError, urllib3.exceptions.HTTPError):
+            API_REQUESTS.labels(call.__name__, "error").inc()
+            raise
+        API_REQUESTS.labels(call.__name__, "ok").inc()
+        return result
 
     # -- owned objects -----------------------------------------------------------------
 
-    def apply(self, body: dict[str, Any]) -> None:
-        """Server-side apply under our one field manager; pods are created, never patched."""
+    def apply(self, body: dict[str, Any], cached: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Creates what the cache does not hold; updates (server-side apply, our one field
+        manager) only what the cache holds as the job's own. Pods are created, never patched.
+        Raises ForeignObjectError rather than touching an object someone else controls.
+        Returns the object as the server has it when a create found it already there."""
         kind = body["kind"]
         namespace = body["metadata"]["namespace"]
         name = body["metadata"]["name"]
-        if kind == "Pod":
-            self._create_pod(namespace, body)
-            return
-        patch = {
-            "Service": self.core.patch_namespaced_service,
-            "ConfigMap": self.core.patch_namespaced_config_map,
-            "PersistentVolumeClaim": self.core.patch_namespaced_persistent_volume_claim,
-        }[kind]
-        patch(
+        owner_uid = body["metadata"]["ownerReferences"][0]["uid"]
+        if cached is None or kind == "Pod":
+            return self._create(kind, namespace, name, body, owner_uid)
+        if store.controller_uid(cached) != owner_uid:
+            raise ForeignObjectError(kind, name, _owner_description(cached))
+        self._write(
+            _patchers(self.core)[kind],
             name,
             namespace,
             body,
@@ -61,58 +196,80 @@ class Kube:
             force=True,
             _content_type=APPLY_PATCH,
         )
+        return None
 
-    def _create_pod(self, namespace: str, body: dict[str, Any]) -> None:
-        # A pod's spec is immutable: a worker that exists is the one to keep.
+    def _create(
+        self, kind: str, namespace: str, name: str, body: dict[str, Any], owner_uid: str
+    ) -> dict[str, Any] | None:
         try:
-            self.core.create_namespaced_pod(namespace, cast(Any, body), field_manager=FIELD_MANAGER)
+            self._write(
+                _creators(self.core)[kind], namespace, cast(Any, body), field_manager=FIELD_MANAGER
+            )
+            return None
         except ApiException as error:
             if error.status != 409:
                 raise
+        # Already there: ours (the cache is behind) or someone else's. Never adopt it.
+        response = self._read(_readers(self.core)[kind], name, namespace, _preload_content=False)
+        existing = _json(response)
+        if store.controller_uid(existing) != owner_uid:
+            raise ForeignObjectError(kind, name, _owner_description(existing)) from None
+        return existing
 
-    def delete_pod(self, namespace: str, name: str, force: bool = False) -> None:
+    def delete_pod(
+        self, namespace: str, name: str, uid: str, grace_seconds: int | None = None
+    ) -> None:
+        """Deletes exactly that pod (UID precondition): never a newer one of the same name."""
+        options = client.V1DeleteOptions(
+            grace_period_seconds=grace_seconds, preconditions=client.V1Preconditions(uid=uid)
+        )
         try:
-            self.core.delete_namespaced_pod(
-                name, namespace, grace_period_seconds=0 if force else None
-            )
+            self._write(self.core.delete_namespaced_pod, name, namespace, body=options)
         except ApiException as error:
-            if error.status != 404:
+            # 404: gone already; 409: the name now belongs to another pod.
+            if error.status not in (404, 409):
                 raise
 
-    def pod_exists(self, namespace: str, name: str) -> bool:
+    def node_health(self, name: str) -> NodeHealth:
+        """How a pod's node is: a stuck pod may be force-deleted only off a dead node."""
         try:
-            self.core.read_namespaced_pod(name, namespace)
+            response = self._read(self.core.read_node, name, _preload_content=False)
         except ApiException as error:
             if error.status == 404:
-                return False
+                return "Gone"
+            if error.status == 403:
+                return "Unknown"
             raise
-        return True
+        return node_health(_json(response))
 
-    def list_worker_pods(self, namespace: str | None) -> list[dict[str, Any]]:
-        """Every pod of every job (one LIST at start-up, to seed the watch cache)."""
-        if namespace is None:
-            response = self.core.list_pod_for_all_namespaces(
-                label_selector=JOB_NAME_LABEL, _preload_content=False
-            )
+    def list_kind(
+        self, kind: str, namespace: str | None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Every object of `kind` carrying our job label (server-side selector), and the
+        list's resourceVersion: one relist of the cache."""
+        if kind == "LLMTrainingJob":
+            if namespace is None:
+                data = self._read(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+            else:
+                data = self._read(
+                    self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL
+                )
         else:
-            response = self.core.list_namespaced_pod(
-                namespace, label_selector=JOB_NAME_LABEL, _preload_content=False
-            )
-        items: list[dict[str, Any]] = _json(response).get("items", [])
-        return items
-
-    def list_owned(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
-        """Service, ConfigMap and claim of one job, as raw bodies."""
-        selector = f"{JOB_NAME_LABEL}={job_name}"
-        found: list[dict[str, Any]] = []
-        for lister, kind in (
-            (self.core.list_namespaced_service, "Service"),
-            (self.core.list_namespaced_config_map, "ConfigMap"),
-            (self.core.list_namespaced_persistent_volume_claim, "PersistentVolumeClaim"),
-        ):
-            items = _json(lister(namespace, label_selector=selector, _preload_content=False))
-            found += [{**item, "kind": kind} for item in items.get("items", [])]
-        return found
+            all_lister, namespaced_lister = _listers(self.core)[kind]
+            if namespace is None:
+                response = self._read(
+                    all_lister, label_selector=JOB_NAME_LABEL, _preload_content=False
+                )
+            else:
+                response = self._read(
+                    namespaced_lister,
+                    namespace,
+                    label_selector=JOB_NAME_LABEL,
+                    _preload_content=False,
+                )
+            data = _json(response)
+        version = data.get("metadata", {}).get("resourceVersion")
+        return data.get("items", []), int(version) if str(version).isdigit() else None
 
     # -- the job -----------------------------------------------------------------------
 
@@ -120,7 +277,14 @@ class Kube:
         try:
             body = cast(
                 dict[str, Any],
-                self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
+                self._read(
+                    self.custom.get_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                ),
             )
         except ApiException as error:
             if error.status == 404:
@@ -136,20 +300,35 @@ class Kube:
         try:
             updated = cast(
                 dict[str, Any],
-                self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, PLURAL, name, body, _content_type=MERGE_PATCH
+                self._write(
+                    self.custom.patch_namespaced_custom_object_status,
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                    body,
+                    _content_type=MERGE_PATCH,
                 ),
             )
         except ApiException as error:
-            if error.status in (404, 409):
+            if error.status == 404:
+                raise GoneError(f"{namespace}/{name}") from error
+            if error.status == 409:
                 raise ConflictError(f"{namespace}/{name}: {error.reason}") from error
             raise
         return updated
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
-            self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background"
+            self._write(
+                self.custom.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                propagation_policy="Background",
             )
         except ApiException as error:
             if error.status != 404:
@@ -181,10 +360,10 @@ class Kube:
             reporting_instance=instance,
         )
         try:
-            self.core.create_namespaced_event(meta["namespace"], body)
-        except ApiException as error:
+            self._write(self.core.create_namespaced_event, meta["namespace"], body)
+        except (ApiException, OSError, urllib3.exceptions.HTTPError) as error:
             # Events narrate; failing to post one must not fail the reconcile.
-            log.warning("could not post event %s: %s", event.reason, error.reason)
+            log.warning("could not post event %s: %s", event.reason, error)
 
 
 def _json(response: Any) -> dict[str, Any]:

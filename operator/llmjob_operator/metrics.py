@@ -5,10 +5,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from llmjob_operator.reconcile import Plan
+from llmjob_operator.workqueue import WorkQueue
 
 PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 # Seconds from seconds to hours: a gang start on a busy cluster can take many minutes.
@@ -91,6 +92,36 @@ class JobsCollector(Collector):
         yield disruptions
 
 
-def serve(port: int, jobs: Callable[[], Iterable[dict[str, Any]]]) -> None:
+class QueueCollector(Collector):
+    """The work queue's depth and counters, read at scrape time."""
+
+    def __init__(self, queue: "WorkQueue[Any]") -> None:
+        self._queue = queue
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily(
+            "llmjob_operator_workqueue_depth",
+            "Jobs waiting for a reconcile worker now.",
+            value=self._queue.depth(),
+        )
+        yield GaugeMetricFamily(
+            "llmjob_operator_workqueue_delayed",
+            "Jobs with a reconcile scheduled later (one deadline per job).",
+            value=self._queue.waiting(),
+        )
+        yield CounterMetricFamily(
+            "llmjob_operator_workqueue_adds",
+            "Keys added to the work queue.",
+            value=self._queue.adds,
+        )
+        yield CounterMetricFamily(
+            "llmjob_operator_workqueue_retries",
+            "Keys re-added with their error backoff.",
+            value=self._queue.retries,
+        )
+
+
+def serve(port: int, jobs: Callable[[], Iterable[dict[str, Any]]], queue: "WorkQueue[Any]") -> None:
     REGISTRY.register(JobsCollector(jobs))
+    REGISTRY.register(QueueCollector(queue))
     start_http_server(port)

@@ -7,9 +7,16 @@ keeps it testable with plain dicts.
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from llmjob_operator.render import ATTEMPT_LABEL, WORKER_INDEX_LABEL
+from llmjob_operator.render import ATTEMPT_LABEL, SPEC_HASH_ANNOTATION, WORKER_INDEX_LABEL
+
+NodeHealth = Literal["Ready", "NotReady", "Gone", "Unknown"]
+"""A pod's node as the operator last read it: Unknown when it may not read nodes."""
+# Taints that mean the node's kubelet will not finish anything (Kubernetes' own).
+DEAD_NODE_TAINTS = frozenset(
+    {"node.kubernetes.io/out-of-service", "node.kubernetes.io/unreachable"}
+)
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -26,6 +33,9 @@ class WorkerState:
     index: int
     attempt: int
     phase: str
+    uid: str = ""
+    node_name: str | None = None
+    spec_hash: str | None = None
     ready: bool = False
     started: bool = False
     deleting: bool = False
@@ -40,6 +50,9 @@ class WorkerState:
     status_reason: str | None = None
     created: datetime | None = None
     pod_ip: str | None = None
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    image: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -71,9 +84,14 @@ def worker_state(pod: dict[str, Any]) -> WorkerState | None:
     )
     exit_code = reason = message = None
     finished_at = started_at = None
+    waiting_reason = waiting_message = image = None
     started = False
     for container in status.get("containerStatuses") or []:
         state = container.get("state") or {}
+        if "waiting" in state and waiting_reason is None:
+            waiting_reason = state["waiting"].get("reason")
+            waiting_message = state["waiting"].get("message")
+            image = container.get("image")
         if "running" in state:
             started = True
             started_at = parse_time(state["running"].get("startedAt"))
@@ -91,6 +109,9 @@ def worker_state(pod: dict[str, Any]) -> WorkerState | None:
         index=int(labels[WORKER_INDEX_LABEL]),
         attempt=int(labels[ATTEMPT_LABEL]),
         phase=status.get("phase", "Pending"),
+        uid=meta.get("uid", ""),
+        node_name=(pod.get("spec") or {}).get("nodeName"),
+        spec_hash=(meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION),
         ready="Ready" in true_conditions,
         started=started,
         deleting=meta.get("deletionTimestamp") is not None,
@@ -105,6 +126,9 @@ def worker_state(pod: dict[str, Any]) -> WorkerState | None:
         status_reason=status.get("reason"),
         created=parse_time(meta.get("creationTimestamp")),
         pod_ip=status.get("podIP"),
+        waiting_reason=waiting_reason,
+        waiting_message=waiting_message,
+        image=image,
     )
 
 
@@ -117,7 +141,10 @@ class TrainerProgress:
     tokens_per_second: float | None = None
     last_checkpoint_step: int | None = None
     last_checkpoint_time: datetime | None = None
+    last_step_time: datetime | None = None
+    """The trainer's own clock of its last finished step: the stall clock."""
     error: str | None = None
+    read_time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -129,3 +156,17 @@ class Observed:
     """`Kind/name` of each non-pod object the job owns (Service, ConfigMap, claim) -> the
     spec hash annotation it carries."""
     progress: TrainerProgress | None = None
+    """The latest read of rank 0's /metrics for the current attempt (None: none yet)."""
+    node_health: dict[str, NodeHealth] = field(default_factory=dict)
+    """Health of the nodes of workers stuck terminating (read only for those)."""
+
+
+def node_health(node: dict[str, Any]) -> NodeHealth:
+    """Ready, or NotReady when the Ready condition is not True or a dead-node taint is set."""
+    taints = {t.get("key") for t in (node.get("spec") or {}).get("taints") or []}
+    if taints & DEAD_NODE_TAINTS:
+        return "NotReady"
+    for condition in (node.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return "Ready" if condition.get("status") == "True" else "NotReady"
+    return "NotReady"

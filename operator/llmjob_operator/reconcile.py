@@ -7,8 +7,6 @@ and a crash before it repeats the whole decision; either way no restart is count
 twice and no attempt's pods are created while an older attempt's still exist.
 """
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,13 +31,15 @@ from llmjob_operator.policy import (
     shows_disruption,
     vanished_verdict,
 )
-from llmjob_operator.render import DesiredObjects, JobRef
+from llmjob_operator.render import SPEC_HASH_ANNOTATION, DesiredObjects, JobRef, content_hash
 from llmjob_trainer.config import checkpoint_tag
 
-SPEC_HASH_ANNOTATION = "training.llmjob.dev/spec-hash"
-# A pod still Terminating this long after its deadline sits on a node that stopped
-# answering: its kubelet will never confirm, so the operator force-deletes it.
+# A pod still Terminating past its deadline whose node the operator may not read (namespaced
+# RBAC) is force-deleted only this much later; with node reads it needs a dead node.
 STUCK_TERMINATION_MARGIN = timedelta(seconds=30)
+# Pod waiting reasons that mean the container cannot start until someone fixes the spec or image.
+IMAGE_WAITING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
+PROGRESS_UNKNOWN_CONDITION = "ProgressUnknown"
 # How soon to look again while waiting for pods to go away (their events also wake us).
 TEARDOWN_POLL_SECONDS = 2.0
 
@@ -71,8 +71,11 @@ class ApplyObject:
 
 @dataclass(frozen=True)
 class DeletePod:
+    """Delete exactly this pod (its UID); grace None keeps the pod's own grace period."""
+
     name: str
-    force: bool = False
+    uid: str
+    grace_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ def object_key(body: dict[str, Any]) -> str:
 def spec_hash(body: dict[str, Any]) -> str:
     content = {k: v for k, v in body.items() if k not in ("metadata", "status")}
     content["labels"] = body["metadata"].get("labels")
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+    return content_hash(content)
 
 
 def with_spec_hash(body: dict[str, Any]) -> dict[str, Any]:
@@ -190,15 +193,18 @@ class _Planner:
             )
         )
 
-    def ensure_supporting_objects(self) -> None:
-        """Claim, Service and ConfigMap: applied when missing or when their content changed."""
+    def ensure_supporting_objects(self, only_missing: bool = False) -> None:
+        """Claim, Service and ConfigMap: applied when missing or, between attempts, when their
+        content changed. A running gang's ConfigMap is never rewritten under it: a change of
+        what it holds changes the pods' hash and starts a new attempt instead."""
         for body in self.desired(max(self.status.attempt, 1)).all:
             if body["kind"] == "Pod":
                 continue
             hashed = with_spec_hash(body)
             key = object_key(body)
             wanted = hashed["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
-            if self.observed.applied_hashes.get(key) != wanted:
+            applied = self.observed.applied_hashes.get(key)
+            if applied is None or (applied != wanted and not only_missing):
                 self.actions.append(ApplyObject(hashed))
 
     def create_missing_pods(self) -> None:
@@ -207,20 +213,33 @@ class _Planner:
             if index not in present:
                 self.actions.append(ApplyObject(with_spec_hash(body)))
 
-    def delete_pods(self, workers: list[WorkerState]) -> None:
+    def delete_pods(self, workers: list[WorkerState], grace_seconds: int | None = None) -> None:
         for worker in workers:
             if not worker.deleting:
-                self.actions.append(DeletePod(worker.name))
+                self.actions.append(DeletePod(worker.name, worker.uid, grace_seconds))
             elif self.stuck_terminating(worker):
-                self.actions.append(DeletePod(worker.name, force=True))
+                self.actions.append(DeletePod(worker.name, worker.uid, 0))
+
+    def node_of(self, worker: WorkerState) -> str | None:
+        """NotReady or Gone when the worker's node is known to be dead; else None."""
+        if worker.node_name is None:
+            return None
+        health = self.observed.node_health.get(worker.node_name)
+        return health if health in ("NotReady", "Gone") else None
 
     def stuck_terminating(self, worker: WorkerState) -> bool:
         """Past its grace period a live kubelet has killed the container and removed the pod;
-        one still there has no kubelet acting for it (its node is gone), and the next gang
-        must not wait for it forever."""
-        if worker.deletion_deadline is None:
+        one still there has no kubelet acting for it. Force-deleting is safe only when its
+        node is dead (NotReady, tainted out-of-service or unreachable, or gone); where nodes
+        cannot be read, only well past the deadline."""
+        if worker.deletion_deadline is None or self.now <= worker.deletion_deadline:
             return False
-        return self.now > worker.deletion_deadline + STUCK_TERMINATION_MARGIN
+        if self.node_of(worker) is not None:
+            return True
+        health = self.observed.node_health.get(worker.node_name or "")
+        return health == "Unknown" and self.now > worker.deletion_deadline + (
+            STUCK_TERMINATION_MARGIN
+        )
 
     def start_attempt(self, attempt: int, message: str) -> None:
         """Record the new attempt first; its pods are created by the same plan, after the write."""
@@ -315,6 +334,7 @@ class _Planner:
 
     def restarting(self) -> None:
         """Tear the old gang down completely, wait out the backoff, then start the next attempt."""
+        self.reclassify_as_disruption()
         if self.observed.workers:
             self.delete_pods(self.observed.workers)
             self.wake_in(TEARDOWN_POLL_SECONDS)
@@ -355,14 +375,19 @@ class _Planner:
 
     def stall_verdict(self) -> tuple[Verdict, None] | None:
         """Armed once this attempt's first step is seen: start-up (imports, JIT builds,
-        rendezvous) has no step to watch and is bounded by the launcher's own timeouts."""
+        rendezvous) has no step to watch and is bounded by the launcher's own timeouts.
+        The clock is the trainer's own last-step time from a successful read: a read that
+        fails (a partition, a network policy) means progress unknown, never a stall."""
         timeout = self.spec.failure_policy.stall_timeout_seconds
         progress = self.status.progress
+        seen = self.observed.progress
         if timeout == 0 or self.status.phase != "Running" or progress is None:
             return None
-        if progress.last_advance_time is None:
+        if seen is None or seen.error is not None or progress.last_advance_time is None:
             return None
-        idle = self.seconds_since(progress.last_advance_time)
+        # Measured at the read, so a read that is older than now cannot age the step.
+        read_at = seen.read_time or self.now
+        idle = (read_at - progress.last_advance_time).total_seconds()
         if idle < timeout:
             self.wake_in(timeout - idle)
             return None
@@ -381,7 +406,7 @@ class _Planner:
         failure = self.status.last_failure
         return failure if failure and failure.attempt == self.status.attempt else None
 
-    def record_failure(self, verdict: Verdict, worker: WorkerState | None) -> None:
+    def record_failure(self, verdict: Verdict, worker: WorkerState | None) -> FailureRecord:
         """The status says a worker failed as soon as it is seen, even while the restart
         is still being decided; the first sighting's time is kept."""
         first = self.this_attempts_failure()
@@ -397,15 +422,32 @@ class _Planner:
         if first is None and worker is not None and worker.finished_at is not None:
             detected = self.seconds_since(worker.finished_at)
             self.timings.append(Timing("fault_detection", max(detected, 0.0)))
+        return record
+
+    def disruption_evidence(self, attempt: int) -> tuple[Verdict, WorkerState] | None:
+        """A worker of `attempt` that shows the gang was disrupted rather than at fault: a
+        DisruptionTarget condition or disruption reason, or a dead node under it."""
+        gang = [w for w in self.observed.workers if w.attempt == attempt]
+        disrupted = next((w for w in gang if shows_disruption(w)), None)
+        if disrupted is not None:
+            return classify(disrupted, self.spec.failure_policy), disrupted
+        for worker in gang:
+            if (health := self.node_of(worker)) is not None:
+                message = f"worker {worker.index}'s node {worker.node_name} is {health}"
+                return Verdict("RestartJobNotCounted", "NodeLost", message), worker
+        return None
 
     def settle(
         self, verdict: Verdict, worker: WorkerState | None
     ) -> tuple[Verdict, WorkerState | None] | None:
-        """A counted failure waits failureSettleSeconds for a disrupted peer that would
-        explain it; None while waiting."""
-        disrupted = next((w for w in self.current_workers() if shows_disruption(w)), None)
-        if disrupted is not None:
-            return classify(disrupted, self.spec.failure_policy), disrupted
+        """A counted failure that would end the job (its restart budget is used up) waits
+        failureSettleSeconds for signs of a disruption that would explain it; None while
+        waiting. Restarts within the budget never wait: they are reclassified later."""
+        evidence = self.disruption_evidence(self.status.attempt)
+        if evidence is not None:
+            return evidence
+        if self.status.restarts < self.spec.failure_policy.max_restarts:
+            return verdict, worker
         settle_seconds = self.spec.failure_policy.failure_settle_seconds
         first = self.this_attempts_failure()
         waited = self.seconds_since(first.time) if first else 0.0
@@ -414,7 +456,7 @@ class _Planner:
         if first is None:
             message = (
                 f"{verdict.message}; waiting {settle_seconds}s for signs of a disruption "
-                "before counting a restart"
+                "before failing the job (failurePolicy.maxRestarts used up)"
             )
             self.condition("Running", False, verdict.reason, message)
         self.record_failure(verdict, worker)
@@ -422,8 +464,13 @@ class _Planner:
         return None
 
     def handle_failure(self, verdict: Verdict, worker: WorkerState | None) -> None:
-        self.record_failure(verdict, worker)
+        record = self.record_failure(verdict, worker)
         policy = self.spec.failure_policy
+        # A gang whose worker exited, vanished or hung cannot commit a checkpoint any more:
+        # its survivors get the short grace. A worker still terminating (evicted, preempted,
+        # deleted) is checkpointing with its peers: they all keep their own grace.
+        broken = worker is None or not worker.deleting
+        grace = policy.survivor_grace_period_seconds if broken else None
         if verdict.action == "FailJob":
             self.finish("Failed", verdict.reason, verdict.message)
             return
@@ -440,14 +487,41 @@ class _Planner:
         else:
             self.update(disruptions=self.status.disruptions + 1)
             delay = policy.backoff_seconds
+        counted = verdict.action == "RestartJob"
+        self.update(last_failure=record.model_copy(update={"counted": counted}))
         self.restart_reasons.append(verdict.reason)
         message = f"{verdict.message}; restarting the gang in {delay}s"
         self.transition("Restarting", verdict.reason, message, warning=True)
         self.update(restart_after=self.now + timedelta(seconds=delay), running_time=None)
         self.condition("Restarting", True, verdict.reason, message)
         self.condition("Running", False, verdict.reason, message)
-        self.delete_pods(self.observed.workers)
+        self.delete_pods(self.observed.workers, grace)
         self.wake_in(TEARDOWN_POLL_SECONDS)
+
+    def reclassify_as_disruption(self) -> None:
+        """A counted restart whose failed gang later shows a disruption (the lost node's pod
+        marked DisruptionTarget, its node NotReady or gone) gives the restart back."""
+        failure = self.status.last_failure
+        if failure is None or not failure.counted or failure.attempt != self.status.attempt:
+            return
+        evidence = self.disruption_evidence(failure.attempt)
+        if evidence is None:
+            return
+        verdict, _ = evidence
+        if verdict.action != "RestartJobNotCounted":
+            return
+        message = f"{verdict.message}: the restart after {failure.reason} was a disruption"
+        self.update(
+            restarts=max(self.status.restarts - 1, 0),
+            disruptions=self.status.disruptions + 1,
+            last_failure=failure.model_copy(
+                update={"counted": False, "reason": verdict.reason, "message": message}
+            ),
+        )
+        backoff_due = failure.time + timedelta(seconds=self.spec.failure_policy.backoff_seconds)
+        if self.status.restart_after is not None and backoff_due < self.status.restart_after:
+            self.update(restart_after=backoff_due)
+        self.events.append(Event("Normal", "RestartReclassified", message))
 
     def scheduling_timeout(self) -> None:
         """Reports workers the scheduler cannot place; fails the job if the policy says so."""
@@ -461,9 +535,10 @@ class _Planner:
             if waited < policy.scheduling_timeout_seconds:
                 self.wake_in(policy.scheduling_timeout_seconds - waited)
                 continue
+            # No running count of seconds in the message: it would rewrite the status each pass.
             message = (
-                f"worker {worker.index} unschedulable for {int(waited)}s: "
-                f"{worker.unschedulable_message}"
+                f"worker {worker.index} unschedulable for over "
+                f"{policy.scheduling_timeout_seconds}s: {worker.unschedulable_message}"
             )
             if policy.fail_on_scheduling_timeout:
                 self.finish("Failed", "Unschedulable", message)
@@ -475,6 +550,70 @@ class _Planner:
             self.condition("Running", False, "Unschedulable", message)
             return
 
+    def spec_changed(self) -> bool:
+        """A pod of the current attempt was made from another spec than the job's now."""
+        desired = self.desired(self.status.attempt).pods
+        for worker in self.current_workers():
+            if worker.spec_hash is None:
+                continue
+            if worker.index >= len(desired):
+                return True
+            wanted = with_spec_hash(desired[worker.index])["metadata"]["annotations"]
+            if wanted[SPEC_HASH_ANNOTATION] != worker.spec_hash:
+                return True
+        return False
+
+    def restart_for_spec_change(self) -> None:
+        """Edits of what shapes the gang (workers, image, resources, training configuration)
+        take effect as a new attempt: the healthy gang checkpoints on SIGTERM, as for a
+        suspend, and the next attempt resumes from that commit. Counted as neither a restart
+        nor a disruption: the owner asked for it."""
+        message = (
+            f"the spec changed (generation {self.job.generation}): attempt "
+            f"{self.status.attempt} checkpoints and stops, the next starts from the new spec"
+        )
+        self.restart_reasons.append("SpecChanged")
+        self.transition("Restarting", "SpecChanged", message)
+        self.update(restart_after=self.now, running_time=None)
+        self.condition("Restarting", True, "SpecChanged", message)
+        self.condition("Running", False, "SpecChanged", message)
+        self.delete_pods(self.observed.workers)
+        self.wake_in(TEARDOWN_POLL_SECONDS)
+
+    def waiting_on_image(self) -> None:
+        """A worker whose image cannot be pulled waits forever, as a kubelet's does: say so."""
+        for worker in self.current_workers():
+            if worker.waiting_reason not in IMAGE_WAITING_REASONS:
+                continue
+            message = f"worker {worker.index} cannot start: image {worker.image} cannot be pulled"
+            if not any(
+                c.type == "Running" and c.reason == "ImagePullFailed" and c.message == message
+                for c in self.status.conditions
+            ):
+                detail = f"{message} ({worker.waiting_reason}: {worker.waiting_message or ''})"
+                self.events.append(Event("Warning", "ImagePullFailed", detail.strip()))
+            self.condition("Running", False, "ImagePullFailed", message)
+            return
+
+    def track_progress_readability(self) -> None:
+        """ProgressUnknown while rank 0's /metrics cannot be read; cleared by the next read."""
+        seen = self.observed.progress
+        if seen is None or self.status.phase != "Running":
+            return
+        if seen.error is not None:
+            if not self.condition_is(PROGRESS_UNKNOWN_CONDITION):
+                self.events.append(
+                    Event("Warning", "ProgressUnknown", f"cannot read progress: {seen.error}")
+                )
+            # The first error names the cause; later ones (time-outs vs refusals) would only
+            # rewrite the status.
+            if not self.condition_is(PROGRESS_UNKNOWN_CONDITION):
+                self.condition(
+                    PROGRESS_UNKNOWN_CONDITION, True, "MetricsUnreadable", seen.error[:500]
+                )
+        elif self.condition_is(PROGRESS_UNKNOWN_CONDITION):
+            self.condition(PROGRESS_UNKNOWN_CONDITION, False, "MetricsRead", "progress read")
+
     def running(self) -> None:
         current = self.current_workers()
         stale = [w for w in self.observed.workers if w.attempt != self.status.attempt]
@@ -483,7 +622,11 @@ class _Planner:
             self.delete_pods(stale)
             self.wake_in(TEARDOWN_POLL_SECONDS)
             return
-        self.ensure_supporting_objects()
+        if self.spec_changed():
+            self.restart_for_spec_change()
+            return
+        self.ensure_supporting_objects(only_missing=True)
+        self.track_progress_readability()
         gang_started = len(current) == self.spec.workers and all(w.started for w in current)
         if self.status.running_time is None and gang_started:
             self.mark_running(current)
@@ -501,6 +644,7 @@ class _Planner:
             return
         if not any(w.started for w in current):
             self.create_missing_pods()
+        self.waiting_on_image()
         self.scheduling_timeout()
 
     def mark_running(self, gang: list[WorkerState]) -> None:
@@ -534,10 +678,15 @@ class _Planner:
         )
 
     def record_progress(self, seen: TrainerProgress | None) -> None:
-        if seen is None or seen.step is None:
+        if seen is None or seen.step is None or seen.error is not None:
             return
         old = self.status.progress
-        advanced = old is None or old.step != seen.step or old.last_advance_time is None
+        last_advance = seen.last_step_time
+        if last_advance is None:
+            # A user's own script may not export the trainer's last-step clock: then the
+            # operator's first sighting of each step stands in for it.
+            kept = old.last_advance_time if old is not None and old.step == seen.step else None
+            last_advance = kept or seen.read_time or self.now
         max_steps = self.spec.training.max_steps
         eta = None
         if seen.tokens_per_second:
@@ -554,7 +703,7 @@ class _Planner:
                 tokens_per_second=seen.tokens_per_second,
                 eta_seconds=eta,
                 updated_time=self.now,
-                last_advance_time=self.now if advanced else old.last_advance_time if old else None,
+                last_advance_time=last_advance,
             )
         )
         if seen.last_checkpoint_step is not None and seen.last_checkpoint_step > 0:
@@ -592,6 +741,33 @@ class _Planner:
             restart_reasons=self.restart_reasons,
             requeue_after=min(self.requeue) if self.requeue else None,
         )
+
+
+def _without_progress(status: LLMTrainingJobStatus) -> dict[str, Any]:
+    return status.model_dump(mode="json", exclude={"progress"})
+
+
+def _progress_shown(status: LLMTrainingJobStatus) -> tuple[object, ...] | None:
+    """The progress a user reads in `kubectl get`: step and loss (rounded by the planner)."""
+    progress = status.progress
+    return None if progress is None else (progress.step, progress.loss, progress.max_steps)
+
+
+def status_write_due(
+    old: LLMTrainingJobStatus, new: LLMTrainingJobStatus, now: datetime, progress_interval: float
+) -> float | None:
+    """The API budget of the status: 0 to write now, a number of seconds to write a
+    progress-only change later (at most one such write per progress interval), None when
+    nothing a user can see changed (throughput and ETA alone never cause a write)."""
+    if _without_progress(old) != _without_progress(new):
+        return 0
+    if _progress_shown(old) == _progress_shown(new):
+        return None
+    last = old.progress.updated_time if old.progress else None
+    if last is None:
+        return 0
+    remaining = progress_interval - (now - last).total_seconds()
+    return 0 if remaining <= 0 else remaining
 
 
 def plan(job: JobView, desired: DesiredFor, observed: Observed, now: datetime) -> Plan:

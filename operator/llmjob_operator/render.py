@@ -3,6 +3,7 @@
 No I/O and no clients: plain dicts in, plain dicts out, ready for server-side apply.
 """
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,8 @@ LABEL_PREFIX = "training.llmjob.dev"
 JOB_NAME_LABEL = f"{LABEL_PREFIX}/job-name"
 WORKER_INDEX_LABEL = f"{LABEL_PREFIX}/worker-index"
 ATTEMPT_LABEL = f"{LABEL_PREFIX}/attempt"
+# The hash of what an applied object was rendered from: a changed hash is a changed spec.
+SPEC_HASH_ANNOTATION = f"{LABEL_PREFIX}/spec-hash"
 
 CONFIG_DIR = "/etc/llmjob"
 HOSTFILE_KEY = "hostfile"
@@ -191,9 +194,20 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def worker_env(job: JobRef, spec: LLMTrainingJobSpec, index: int, attempt: int) -> list[Any]:
+def content_hash(content: Any) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def worker_env(
+    job: JobRef, spec: LLMTrainingJobSpec, index: int, attempt: int, config_hash: str
+) -> list[Any]:
     return [
         {"name": "LLMJOB_JOB_NAME", "value": job.name},
+        # The run a checkpoint belongs to: a job re-created under the same name is another run.
+        {"name": "LLMJOB_RUN_ID", "value": job.uid},
+        # What the ConfigMap held when this pod was made: a changed configuration changes the
+        # pod's own hash, so the operator sees a spec change of a running gang in one place.
+        {"name": "LLMJOB_CONFIG_HASH", "value": config_hash},
         {"name": "LLMJOB_WORKER_INDEX", "value": str(index)},
         {"name": "LLMJOB_NUM_WORKERS", "value": str(spec.workers)},
         {"name": "LLMJOB_ATTEMPT", "value": str(attempt)},
@@ -252,7 +266,12 @@ def _volumes(job: JobRef, spec: LLMTrainingJobSpec) -> tuple[list[Any], list[Any
 
 
 def _container(
-    job: JobRef, spec: LLMTrainingJobSpec, settings: RenderSettings, index: int, attempt: int
+    job: JobRef,
+    spec: LLMTrainingJobSpec,
+    settings: RenderSettings,
+    index: int,
+    attempt: int,
+    config_hash: str,
 ) -> dict[str, Any]:
     _, mounts = _volumes(job, spec)
     container: dict[str, Any] = {
@@ -260,7 +279,7 @@ def _container(
         "image": spec.image or settings.default_image,
         "command": [LAUNCHER],
         "args": launcher_args(job, spec, index),
-        "env": worker_env(job, spec, index, attempt),
+        "env": worker_env(job, spec, index, attempt, config_hash),
         "ports": [
             {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
             {"name": "metrics", "containerPort": spec.metrics_port},
@@ -286,7 +305,12 @@ def _container(
 
 
 def render_pod(
-    job: JobRef, spec: LLMTrainingJobSpec, settings: RenderSettings, index: int, attempt: int
+    job: JobRef,
+    spec: LLMTrainingJobSpec,
+    settings: RenderSettings,
+    index: int,
+    attempt: int,
+    config_hash: str,
 ) -> dict[str, Any]:
     volumes, _ = _volumes(job, spec)
     scheduling = spec.scheduling
@@ -306,7 +330,7 @@ def render_pod(
             "fsGroup": TRAINER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(job, spec, settings, index, attempt)],
+        "containers": [_container(job, spec, settings, index, attempt, config_hash)],
         "volumes": volumes,
     }
     if scheduling.node_selector:
@@ -335,9 +359,13 @@ def render(
     job: JobRef, spec: LLMTrainingJobSpec, settings: RenderSettings, attempt: int
 ) -> DesiredObjects:
     """Everything the job should own during `attempt` (1-based)."""
+    config_map = render_config_map(job, spec)
+    config_hash = content_hash(config_map["data"])
     return DesiredObjects(
         service=render_service(job, spec),
-        config_map=render_config_map(job, spec),
-        pods=[render_pod(job, spec, settings, i, attempt) for i in range(spec.workers)],
+        config_map=config_map,
+        pods=[
+            render_pod(job, spec, settings, i, attempt, config_hash) for i in range(spec.workers)
+        ],
         claim=render_claim(job, spec),
     )

@@ -17,6 +17,16 @@ class OperatorSettings:
     workers: int
     progress_interval_seconds: float
     log_level: str
+    api_write_qps: float = 20.0
+    """Client-side token bucket for every write (client-go's default QPS is 5, burst 10)."""
+    api_write_burst: int = 40
+    api_timeout_seconds: float = 30.0
+    """Time-out of every API request (a hung connection must not hold a worker)."""
+    resync_seconds: float = 300.0
+    """Period of the label-selected relist that drops what a watch gap hid."""
+    progress_concurrency: int = 4
+    progress_deadline_seconds: float = 5.0
+    progress_max_bytes: int = 1 << 20
 
 
 def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
@@ -55,6 +65,45 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         help="seconds between reads of rank 0's /metrics while a job runs",
     )
     parser.add_argument("--log-level", default=env.get("LLMJOB_LOG_LEVEL", "INFO"))
+
+    def number(flag: str, variable: str, default: str, kind: type, help_text: str) -> None:
+        parser.add_argument(
+            flag, type=kind, default=kind(env.get(variable, default)), help=help_text
+        )
+
+    number("--api-write-qps", "LLMJOB_API_WRITE_QPS", "20", float, "writes per second, sustained")
+    number("--api-write-burst", "LLMJOB_API_WRITE_BURST", "40", int, "writes in a burst")
+    number(
+        "--api-timeout", "LLMJOB_API_TIMEOUT", "30", float, "seconds before any API request fails"
+    )
+    number(
+        "--resync-interval",
+        "LLMJOB_RESYNC_INTERVAL",
+        "300",
+        float,
+        "seconds between relists of jobs and owned objects (drops what a watch gap hid)",
+    )
+    number(
+        "--progress-concurrency",
+        "LLMJOB_PROGRESS_CONCURRENCY",
+        "4",
+        int,
+        "reads of rank 0's /metrics at once",
+    )
+    number(
+        "--progress-deadline",
+        "LLMJOB_PROGRESS_DEADLINE",
+        "5",
+        float,
+        "seconds one read of rank 0's /metrics may take in all",
+    )
+    number(
+        "--progress-max-bytes",
+        "LLMJOB_PROGRESS_MAX_BYTES",
+        str(1 << 20),
+        int,
+        "largest /metrics body read",
+    )
     args = parser.parse_args(argv)
     return OperatorSettings(
         namespaces=tuple(args.namespace),
@@ -65,4 +114,11 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         workers=args.workers,
         progress_interval_seconds=args.progress_interval,
         log_level=args.log_level.upper(),
+        api_write_qps=args.api_write_qps,
+        api_write_burst=args.api_write_burst,
+        api_timeout_seconds=args.api_timeout,
+        resync_seconds=args.resync_interval,
+        progress_concurrency=args.progress_concurrency,
+        progress_deadline_seconds=args.progress_deadline,
+        progress_max_bytes=args.progress_max_bytes,
     )

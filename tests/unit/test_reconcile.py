@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from llmjob_operator.api import LLMTrainingJobSpec, LLMTrainingJobStatus
-from llmjob_operator.observe import Observed, TrainerProgress, WorkerState
+from llmjob_operator.observe import NodeHealth, Observed, TrainerProgress, WorkerState
 from llmjob_operator.reconcile import (
     ApplyObject,
     DeleteJob,
@@ -14,9 +14,16 @@ from llmjob_operator.reconcile import (
     object_key,
     plan,
     plan_invalid,
+    status_write_due,
     with_spec_hash,
 )
-from llmjob_operator.render import ATTEMPT_LABEL, JobRef, RenderSettings, render
+from llmjob_operator.render import (
+    ATTEMPT_LABEL,
+    SPEC_HASH_ANNOTATION,
+    JobRef,
+    RenderSettings,
+    render,
+)
 from tests.unit.specs import minimal_spec
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -55,6 +62,7 @@ def run(
     job_spec: LLMTrainingJobSpec | None = None,
     progress: TrainerProgress | None = None,
     supporting: frozenset[str] = SUPPORTING,
+    node_health: dict[str, NodeHealth] | None = None,
 ) -> Plan:
     the_spec = job_spec or spec()
     view = JobView(
@@ -76,6 +84,7 @@ def run(
         workers=workers or [],
         applied_hashes={k: v for k, v in hashes.items() if k in supporting},
         progress=progress,
+        node_health=node_health or {},
     )
     return plan(view, lambda attempt: render(REF, the_spec, settings, attempt), observed, NOW)
 
@@ -195,8 +204,11 @@ def test_exit_code_2_fails_the_job_and_stops_the_other_workers() -> None:
 
 
 def test_restart_budget_used_up_fails_the_job() -> None:
+    at_once = spec(failurePolicy={"maxRestarts": 2, "failureSettleSeconds": 0})
     result = run(
-        status=running_status(restarts=2), workers=[worker(0), worker(1, "Failed", exit_code=1)]
+        status=running_status(restarts=2),
+        workers=[worker(0), worker(1, "Failed", exit_code=1)],
+        job_spec=at_once,
     )
     assert result.status.phase == "Failed"
     assert result.status.restarts == 2
@@ -251,15 +263,47 @@ def test_a_step_that_does_not_advance_is_a_stall() -> None:
     assert result.status.restarts == 1
 
 
-def test_an_unreachable_rank0_counts_as_no_progress() -> None:
-    progress_status = {"step": 40, "maxSteps": 100, "lastAdvanceTime": ago(61).isoformat()}
+def test_an_unreachable_rank0_means_progress_unknown_never_a_stall() -> None:
+    progress_status = {"step": 40, "maxSteps": 100, "lastAdvanceTime": ago(6100).isoformat()}
+    result = run(
+        status=running_status(runningTime=ago(7000).isoformat(), progress=progress_status),
+        workers=[worker(0), worker(1)],
+        progress=TrainerProgress(error="connection refused", read_time=NOW),
+    )
+    assert result.status.last_failure is None
+    assert result.status.phase == "Running"
+    assert result.actions == []
+    unknown = next(c for c in result.status.conditions if c.type == "ProgressUnknown")
+    assert (unknown.status, unknown.reason) == ("True", "MetricsUnreadable")
+    assert [e.reason for e in result.events] == ["ProgressUnknown"]
+    # The next successful read clears it.
+    again = run(
+        status=result.status.model_dump(mode="json", by_alias=True),
+        workers=[worker(0), worker(1)],
+        progress=TrainerProgress(step=41, last_step_time=ago(1), read_time=NOW),
+    )
+    cleared = next(c for c in again.status.conditions if c.type == "ProgressUnknown")
+    assert (cleared.status, cleared.reason) == ("False", "MetricsRead")
+
+
+def test_the_stall_clock_is_the_trainers_own_last_step_time() -> None:
+    progress_status = {"step": 40, "maxSteps": 100, "lastAdvanceTime": ago(5).isoformat()}
+    stuck = TrainerProgress(step=40, last_step_time=ago(61), read_time=NOW)
     result = run(
         status=running_status(runningTime=ago(300).isoformat(), progress=progress_status),
         workers=[worker(0), worker(1)],
-        progress=TrainerProgress(error="connection refused"),
+        progress=stuck,
     )
     assert result.status.last_failure is not None
     assert result.status.last_failure.reason == "Stalled"
+    fresh = TrainerProgress(step=40, last_step_time=ago(30), read_time=NOW)
+    waiting = run(
+        status=running_status(runningTime=ago(300).isoformat(), progress=progress_status),
+        workers=[worker(0), worker(1)],
+        progress=fresh,
+    )
+    assert waiting.status.last_failure is None
+    assert waiting.requeue_after == 30.0
 
 
 def test_advancing_steps_fill_progress_and_push_the_stall_deadline() -> None:
@@ -369,19 +413,26 @@ def test_unschedulable_workers_are_reported_then_fail_if_asked() -> None:
     assert failed.status.phase == "Failed"
 
 
-def test_a_pod_stuck_terminating_on_a_lost_node_is_force_deleted() -> None:
-    stuck = worker(0, deleting=True, deletion_deadline=ago(60))
-    result = run(
-        status=running_status(phase="Restarting", restartAfter=ago(1).isoformat()), workers=[stuck]
-    )
-    assert DeletePod("j-worker-0", force=True) in result.actions
-    assert result.status.attempt == 1
-    within_grace = worker(0, deleting=True, deletion_deadline=ago(10))
-    waiting = run(
-        status=running_status(phase="Restarting", restartAfter=ago(1).isoformat()),
-        workers=[within_grace],
-    )
+def test_a_pod_stuck_terminating_is_force_deleted_only_off_a_dead_node() -> None:
+    restarting = running_status(phase="Restarting", restartAfter=ago(1).isoformat())
+    stuck = worker(0, deleting=True, deletion_deadline=ago(5), node_name="n1", uid="p0")
+    for health in ("NotReady", "Gone"):
+        result = run(status=restarting, workers=[stuck], node_health={"n1": health})
+        assert DeletePod("j-worker-0", "p0", 0) in result.actions
+        assert result.status.attempt == 1
+    # A live kubelet finishes the job itself, however late.
+    alive = run(status=restarting, workers=[stuck], node_health={"n1": "Ready"})
+    assert alive.actions == []
+    # Within its grace period nothing is forced, whatever the node.
+    within_grace = worker(0, deleting=True, deletion_deadline=NOW + timedelta(seconds=5))
+    waiting = run(status=restarting, workers=[within_grace], node_health={"n1": "NotReady"})
     assert waiting.actions == []
+    # Without permission to read nodes, only well past the deadline.
+    unknown = {"n1": "Unknown"}
+    assert run(status=restarting, workers=[stuck], node_health=unknown).actions == []
+    late = worker(0, deleting=True, deletion_deadline=ago(31), node_name="n1", uid="p0")
+    forced = run(status=restarting, workers=[late], node_health=unknown)
+    assert DeletePod("j-worker-0", "p0", 0) in forced.actions
 
 
 def test_planning_twice_on_its_own_result_does_nothing_new() -> None:
@@ -464,3 +515,172 @@ def test_a_settled_failure_without_a_disrupted_peer_is_counted() -> None:
     )
     assert result.status.phase == "Restarting"
     assert result.status.restarts == 1
+
+
+# -- the API budget, fast restarts, node loss, spec changes ------------------------------
+
+
+def test_status_writes_only_when_something_a_user_sees_changes() -> None:
+    base = LLMTrainingJobStatus.model_validate(
+        running_status(progress={"step": 10, "maxSteps": 100, "updatedTime": ago(1).isoformat()})
+    )
+
+    def with_progress(**fields: Any) -> LLMTrainingJobStatus:
+        assert base.progress is not None
+        return base.model_copy(update={"progress": base.progress.model_copy(update=fields)})
+
+    # Throughput, ETA and the read time alone never write.
+    same = with_progress(tokens_per_second=123.0, eta_seconds=9, updated_time=NOW)
+    assert status_write_due(base, same, NOW, progress_interval=10) is None
+    # A new step is written at most once per progress interval: here in 9 more seconds.
+    stepped = with_progress(step=11, updated_time=NOW)
+    assert status_write_due(base, stepped, NOW, progress_interval=10) == 9.0
+    assert status_write_due(base, stepped, NOW + timedelta(seconds=9), progress_interval=10) == 0
+    # Anything else a user sees (phase, counts, conditions, checkpoint) is written at once.
+    restarted = stepped.model_copy(update={"phase": "Restarting", "restarts": 1})
+    assert status_write_due(base, restarted, NOW, progress_interval=10) == 0
+
+
+def test_an_idle_job_plans_the_same_status_again() -> None:
+    """Suspended, finished or waiting unchanged: a second pass over the first pass's status
+    plans no write, no action and no event."""
+    cases = [
+        (
+            running_status(phase="Suspended", suspendTime=ago(100).isoformat()),
+            [],
+            spec(runPolicy={"suspend": True}),
+        ),
+        (running_status(phase="Succeeded", completionTime=ago(100).isoformat()), [], spec()),
+        (
+            {"phase": "Pending", "attempt": 1, "startTime": ago(500).isoformat()},
+            [
+                worker(0, "Pending", unschedulable_message="0/2 nodes are available"),
+                worker(1, "Pending", unschedulable_message="0/2 nodes are available"),
+            ],
+            spec(failurePolicy={"schedulingTimeoutSeconds": 60}),
+        ),
+    ]
+    for status, workers, job_spec in cases:
+        first = run(status=status, workers=workers, job_spec=job_spec)
+        second = run(
+            status=first.status.model_dump(mode="json", by_alias=True),
+            workers=workers,
+            job_spec=job_spec,
+        )
+        assert status_write_due(first.status, second.status, NOW, 10) is None, status["phase"]
+        assert (second.actions, second.events) == ([], []), status["phase"]
+
+
+def test_survivors_of_a_broken_gang_get_the_short_grace() -> None:
+    result = run(
+        status=running_status(),
+        workers=[worker(0, uid="p0"), worker(1, "Failed", exit_code=1, uid="p1")],
+    )
+    assert DeletePod("j-worker-0", "p0", 10) in result.actions
+    assert DeletePod("j-worker-1", "p1", 10) in result.actions
+
+
+def test_an_evicted_gang_keeps_the_checkpoint_grace() -> None:
+    evicted = worker(1, deleting=True, true_conditions=frozenset({"DisruptionTarget"}), uid="p1")
+    result = run(status=running_status(), workers=[worker(0, uid="p0"), evicted])
+    assert result.status.disruptions == 1
+    assert DeletePod("j-worker-0", "p0", None) in result.actions
+
+
+def test_node_loss_restarts_at_once_and_gives_the_counted_restart_back() -> None:
+    # The survivor fails first; the lost node's pod still looks Running.
+    survivor = worker(0, "Failed", exit_code=1, finished_at=ago(1), uid="p0", node_name="n0")
+    stranded = worker(1, uid="p1", node_name="n1")
+    first = run(status=running_status(), workers=[survivor, stranded])
+    assert first.status.phase == "Restarting"
+    assert (first.status.restarts, first.status.disruptions) == (1, 0)
+    assert first.status.last_failure is not None and first.status.last_failure.counted
+    # Teardown: the survivor is gone, the stranded pod is stuck on its dead node.
+    stuck = worker(1, uid="p1", node_name="n1", deleting=True, deletion_deadline=ago(1))
+    later = run(
+        status=first.status.model_dump(mode="json", by_alias=True),
+        workers=[stuck],
+        node_health={"n1": "NotReady"},
+    )
+    assert (later.status.restarts, later.status.disruptions) == (0, 1)
+    assert later.status.last_failure is not None
+    assert later.status.last_failure.reason == "NodeLost"
+    assert later.status.last_failure.counted is False
+    assert DeletePod("j-worker-1", "p1", 0) in later.actions
+    assert "RestartReclassified" in [e.reason for e in later.events]
+    # Given back once only.
+    again = run(
+        status=later.status.model_dump(mode="json", by_alias=True),
+        workers=[stuck],
+        node_health={"n1": "NotReady"},
+    )
+    assert (again.status.restarts, again.status.disruptions) == (0, 1)
+
+
+def test_a_final_failure_waits_for_a_dead_node_to_show() -> None:
+    last_chance = spec(failurePolicy={"maxRestarts": 0})
+    survivor = worker(0, "Failed", exit_code=1, finished_at=ago(1), node_name="n0")
+    stranded = worker(1, node_name="n1")
+    first = run(status=running_status(), workers=[survivor, stranded], job_spec=last_chance)
+    assert first.status.phase == "Running"
+    assert first.requeue_after == 60.0
+    later = run(
+        status=first.status.model_dump(mode="json", by_alias=True),
+        workers=[survivor, stranded],
+        job_spec=last_chance,
+        node_health={"n0": "Ready", "n1": "NotReady"},
+    )
+    assert later.status.phase == "Restarting"
+    assert (later.status.restarts, later.status.disruptions) == (0, 1)
+    assert later.status.last_failure is not None
+    assert later.status.last_failure.reason == "NodeLost"
+
+
+def test_a_spec_change_of_a_running_gang_starts_a_new_attempt_uncounted() -> None:
+    old_spec = spec()
+    settings = RenderSettings(default_image="img")
+    old_pods = [with_spec_hash(p) for p in render(REF, old_spec, settings, 1).pods]
+    workers = [
+        worker(i, uid=f"p{i}", spec_hash=p["metadata"]["annotations"][SPEC_HASH_ANNOTATION])
+        for i, p in enumerate(old_pods)
+    ]
+    unchanged = run(status=running_status(), workers=workers, job_spec=old_spec)
+    assert unchanged.actions == []
+    edited = spec(training={"seqLen": 128, "precision": "fp32", "learningRate": 1e-3})
+    result = run(status=running_status(), workers=workers, job_spec=edited)
+    assert result.status.phase == "Restarting"
+    assert (result.status.restarts, result.status.disruptions) == (0, 0)
+    # Every rank is healthy: the gang keeps its checkpoint grace, and no ConfigMap is
+    # rewritten under it.
+    assert {a for a in result.actions if isinstance(a, DeletePod)} == {
+        DeletePod("j-worker-0", "p0", None),
+        DeletePod("j-worker-1", "p1", None),
+    }
+    assert not [a for a in result.actions if isinstance(a, ApplyObject)]
+    assert result.status.restart_after == NOW
+
+
+def test_a_worker_whose_image_cannot_be_pulled_is_reported_once() -> None:
+    waiting = worker(
+        0,
+        "Pending",
+        started=False,
+        waiting_reason="ErrImagePull",
+        waiting_message="not built here",
+        image="llmjob/nope:1",
+    )
+    status = {"phase": "Pending", "attempt": 1, "startTime": ago(50).isoformat()}
+    first = run(status=status, workers=[waiting, worker(1, "Pending", started=False)])
+    running = next(c for c in first.status.conditions if c.type == "Running")
+    assert running.reason == "ImagePullFailed"
+    assert "llmjob/nope:1" in running.message
+    assert [e.reason for e in first.events] == ["ImagePullFailed"]
+    backoff = worker(
+        0, "Pending", started=False, waiting_reason="ImagePullBackOff", image="llmjob/nope:1"
+    )
+    second = run(
+        status=first.status.model_dump(mode="json", by_alias=True),
+        workers=[backoff, worker(1, "Pending", started=False)],
+    )
+    assert second.events == []
+    assert status_write_due(first.status, second.status, NOW, 10) is None
