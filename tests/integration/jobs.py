@@ -63,6 +63,18 @@ class Jobs:
         )
         return job
 
+    def wait_gone(self, name: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.get(name)
+            except client.ApiException as error:
+                if error.status == 404:
+                    return
+                raise
+            time.sleep(0.5)
+        raise AssertionError(f"{name} still exists after {timeout}s")
+
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec}

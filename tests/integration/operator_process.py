@@ -22,10 +22,17 @@ def free_port() -> int:
 class OperatorProcess:
     """Start, kill and restart the operator; its log goes to a file the tests can show."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, progress_interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        progress_interval: float = 2.0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.progress_interval = progress_interval
+        self.extra_args = extra_args
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -48,6 +55,7 @@ class OperatorProcess:
             f"--health-port={self.health_port}",
             f"--progress-interval={self.progress_interval}",
             "--default-image=llmjob/trainer:test",
+            *self.extra_args,
         ]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
@@ -77,6 +85,13 @@ class OperatorProcess:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def rss_bytes(self) -> int:
+        """The operator process's resident memory, as the kernel counts it."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(kib) * 1024
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:

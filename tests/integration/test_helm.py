@@ -34,12 +34,15 @@ OPERATOR_RULES = {
     "llmtrainingjobs.training.llmjob.dev/status": {"patch"},
     "llmtrainingjobs.training.llmjob.dev/finalizers": {"update"},
     "pods": {"get", "list", "watch", "create", "delete"},
-    "services": {"list", "watch", "create", "patch"},
-    "configmaps": {"list", "watch", "create", "patch"},
-    "persistentvolumeclaims": {"list", "watch", "create", "patch"},
+    "services": {"get", "list", "watch", "create", "patch"},
+    "configmaps": {"get", "list", "watch", "create", "patch"},
+    "persistentvolumeclaims": {"get", "list", "watch", "create", "patch"},
     "events": {"create"},
 }
-CLUSTER_RULES = {"customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"}}
+CLUSTER_RULES = {
+    "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},
+    "nodes": {"get"},
+}
 ALL_OPT_INS = {
     "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
     "prometheusRule": {"enabled": True},

@@ -20,11 +20,12 @@ kopf needs for on.event handlers. No Secrets, no wildcards, no update of specs.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
-# Server-side apply: patch, plus create for an object that does not exist yet.
-# Deletion is left to the garbage collector (ownerReferences).
+# Created when missing (get: whose is a same-named object that is already there),
+# server-side applied only when the operator controls them. Deletion is left to the
+# garbage collector (ownerReferences).
 - apiGroups: [""]
   resources: ["services", "configmaps", "persistentvolumeclaims"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # The operator's and kopf's events about jobs.
 - apiGroups: [""]
   resources: ["events"]
