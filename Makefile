@@ -58,9 +58,11 @@ test-e2e: lint
 demo: cluster
 	$(PY) dev/demo.py
 
-# Operator startup/recovery seconds for 1 and 20 jobs at once (stand-in workers).
+# Operator startup/recovery seconds for 1 and 20 jobs at once, and what 1 and 20 running jobs
+# cost the API server (status PATCHes per job per minute, apiserver and operator CPU).
 bench-operator: cluster
 	cd $(CURDIR) && $(PY) -m bench.operator_startup --jobs 20
+	cd $(CURDIR) && $(PY) -m bench.operator_cost --jobs 20
 
 # Runs $(1) on the local cluster; stops the cluster afterwards (also when a test fails)
 # unless it was already running before.

@@ -33,6 +33,10 @@ store = Store()
 queue: WorkQueue[JobKey] = WorkQueue()
 _settings: OperatorSettings | None = None
 _progress: ProgressReader | None = None
+# kopf replays a listing as events of type None: at start-up, and after a 410 Gone. It never
+# reports what vanished in the gap, so seeing one triggers our own relist at once.
+_relisted = threading.Event()
+RELIST_SETTLE_SECONDS = 1.0
 # Seconds between kopf's watch reconnects: a silent stall of a long watch is kopf's top pitfall.
 WATCH_SERVER_TIMEOUT = 300
 WATCH_CLIENT_TIMEOUT = 330
@@ -120,8 +124,13 @@ def resync(kube: Kube, settings: OperatorSettings) -> None:
 
 
 def _resync_forever(limits: ClientLimits, settings: OperatorSettings) -> None:
+    """Relists every resync interval, and soon after kopf relists a watch (a watch gap)."""
     kube = Kube(limits)
-    while not queue.closed.wait(settings.resync_seconds):
+    while not queue.closed.is_set():
+        if _relisted.wait(settings.resync_seconds):
+            # Let kopf's whole replay arrive first, so it is not mistaken for a change.
+            queue.closed.wait(RELIST_SETTLE_SECONDS)
+            _relisted.clear()
         try:
             resync(kube, settings)
         except Exception:
@@ -166,6 +175,8 @@ def job_event(event: kopf.RawEvent, **_: Any) -> None:
     body = _plain(event["object"])
     meta = body["metadata"]
     key: JobKey = (meta["namespace"], meta["name"])
+    if event.get("type") is None:
+        _relisted.set()
     if event.get("type") == "DELETED":
         store.drop_job(key, meta.get("uid"))
         _wake_or_forget(key)
@@ -177,6 +188,8 @@ def job_event(event: kopf.RawEvent, **_: Any) -> None:
 
 def _owned_event(kind: str, event: kopf.RawEvent) -> None:
     body = _plain(event["object"])
+    if event.get("type") is None:
+        _relisted.set()
     if event.get("type") == "DELETED":
         changed = store.drop_owned(kind, body)
     else:

@@ -2,6 +2,7 @@
 its API budget read from kube-apiserver's own counters, ownership by UID, tenants that abuse
 /metrics, unreadable progress, fast restarts and node loss. Stand-in workers."""
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from llmjob_devcluster import cluster
 from llmjob_devcluster.layout import Layout
 from tests import apiserver_requests
 from tests.conftest import wait_for
@@ -256,3 +258,31 @@ def wait_for_node_ready(api_client: client.ApiClient, node: str) -> None:
         return conditions.get("Ready") == "True" and not body.spec.taints
 
     wait_for(ready, 90, f"{node} Ready and untainted again")
+
+
+def test_a_pod_deleted_during_a_watch_gap_leaves_no_ghost(
+    jobs: Jobs, venv_bin: str, devcluster: Layout, llmjob_operator: OperatorProcess
+) -> None:
+    """The operator is frozen (it cannot see), a worker pod is deleted, and every watch's
+    resourceVersion expires (kube-apiserver restarts, etcd compacted): kopf's resumed watches
+    get 410 Gone and relist, which never reports the deleted pod. The operator's own relist
+    must drop it, or the gang would wait for a pod that is not there."""
+    jobs.create(standin_job("ghost", venv_bin, standin={"steps": 30}))
+    jobs.wait_phase("ghost", "Running", timeout=120)
+    assert llmjob_operator.process is not None
+    llmjob_operator.process.send_signal(signal.SIGSTOP)
+    try:
+        jobs.core.delete_namespaced_pod("ghost-worker-1", jobs.namespace, grace_period_seconds=0)
+        wait_for(
+            lambda: "ghost-worker-1" not in {p.metadata.name for p in jobs.pods("ghost")},
+            30,
+            "ghost-worker-1 gone",
+        )
+        cluster.expire_watches(devcluster)
+    finally:
+        llmjob_operator.process.send_signal(signal.SIGCONT)
+    restarted = jobs.wait("ghost", lambda s: s.get("attempt") == 2, timeout=120)
+    assert restarted["lastFailure"]["reason"] == "PodDeleted"
+    assert (restarted["restarts"], restarted["disruptions"]) == (0, 1)
+    done = jobs.wait_phase("ghost", "Succeeded", timeout=240)
+    assert done["attempt"] == 2
