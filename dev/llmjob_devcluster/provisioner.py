@@ -38,7 +38,9 @@ def ensure_storage_class(api: client.ApiClient) -> None:
         "volumeBindingMode": "Immediate",
     }
     try:
-        storage.create_storage_class(kube.model(client.V1StorageClass, body))
+        storage.create_storage_class(
+            kube.model(client.V1StorageClass, body), _request_timeout=kube.REQUEST_TIMEOUT
+        )
     except client.ApiException as error:
         if not kube.is_status(error, 409):
             raise
@@ -73,7 +75,10 @@ def volume_for(claim: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def sync(api: client.ApiClient, layout: Layout) -> None:
     core = client.CoreV1Api(api)
-    for claim in kube.as_dict(api, core.list_persistent_volume_claim_for_all_namespaces())["items"]:
+    for claim in kube.as_dict(
+        api,
+        core.list_persistent_volume_claim_for_all_namespaces(_request_timeout=kube.REQUEST_TIMEOUT),
+    )["items"]:
         if (
             claim["spec"].get("storageClassName") != STORAGE_CLASS
             or claim["spec"].get("volumeName")
@@ -86,7 +91,8 @@ def sync(api: client.ApiClient, layout: Layout) -> None:
         path.chmod(0o777)
         try:
             core.create_persistent_volume(
-                kube.model(client.V1PersistentVolume, volume_for(claim, path))
+                kube.model(client.V1PersistentVolume, volume_for(claim, path)),
+                _request_timeout=kube.REQUEST_TIMEOUT,
             )
             log.info(
                 "provisioned %s for %s/%s",
@@ -97,7 +103,9 @@ def sync(api: client.ApiClient, layout: Layout) -> None:
         except client.ApiException as error:
             if not kube.is_status(error, 409):
                 raise
-    for volume in kube.as_dict(api, core.list_persistent_volume())["items"]:
+    for volume in kube.as_dict(
+        api, core.list_persistent_volume(_request_timeout=kube.REQUEST_TIMEOUT)
+    )["items"]:
         annotations = volume["metadata"].get("annotations") or {}
         if annotations.get("pv.kubernetes.io/provisioned-by") != PROVISIONER:
             continue
@@ -107,7 +115,9 @@ def sync(api: client.ApiClient, layout: Layout) -> None:
             if path.parent == layout.volumes_dir:
                 shutil.rmtree(path, ignore_errors=True)
             try:
-                core.delete_persistent_volume(volume["metadata"]["name"])
+                core.delete_persistent_volume(
+                    volume["metadata"]["name"], _request_timeout=kube.REQUEST_TIMEOUT
+                )
             except client.ApiException as error:
                 if not kube.is_status(error, 404):
                     raise
