@@ -108,7 +108,7 @@ def watch_forever(
         try:
             if resource_version is None:
                 listing = as_dict(api, list_function(**selectors, _request_timeout=REQUEST_TIMEOUT))
-                on_list(listing["items"])
+                _handling(on_list, listing["items"])
                 resource_version = listing["metadata"]["resourceVersion"]
             stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
                 list_function,
@@ -123,19 +123,34 @@ def watch_forever(
                 body: Obj = event["raw_object"]
                 resource_version = body["metadata"]["resourceVersion"]
                 if event["type"] != "BOOKMARK":
-                    on_event(event["type"], body)
+                    _handling(on_event, event["type"], body)
                 if stopping.is_set():
                     return
         except client.ApiException as error:
             if error.status == 410:
                 # Too old a resourceVersion (compaction, a restarted API server's watch
                 # cache): only a fresh list can say what changed, deletions included.
-                log.warning("%s: watch expired (410), relisting", what)
                 resource_version = None
-                continue
             _retry_later(what, error, backoff, stopping)
-        except Exception as error:  # the API server down, or a bug in a handler: retry
+        except HandlerError as error:
+            # A handler failed (a bug, or its own API call): relist, so that every object
+            # is handled again, rather than skip past the event.
+            log.exception("%s: handler failed, relisting", what, exc_info=error.__cause__)
+            resource_version = None
             _retry_later(what, error, backoff, stopping)
+        except Exception as error:  # the API server down, restarting or overloaded: retry
+            _retry_later(what, error, backoff, stopping)
+
+
+class HandlerError(Exception):
+    """A watch_forever handler raised (the original error is the cause)."""
+
+
+def _handling(handler: Callable[..., None], *args: Any) -> None:
+    try:
+        handler(*args)
+    except Exception as error:
+        raise HandlerError(f"{type(error).__name__}: {error}") from error
 
 
 def call_until_done(what: str, call: Callable[[], object], stopping: threading.Event) -> None:
@@ -151,8 +166,13 @@ def call_until_done(what: str, call: Callable[[], object], stopping: threading.E
 
 def _retry_later(what: str, error: Exception, backoff: Backoff, stopping: threading.Event) -> None:
     delay = backoff.next_delay()
-    log.warning("%s: retrying in %.1fs after: %s", what, delay, _brief(error))
+    again = "relisting" if isinstance(error, HandlerError) or _is_gone(error) else "retrying"
+    log.warning("%s: %s in %.1fs after: %s", what, again, delay, _brief(error))
     stopping.wait(delay)
+
+
+def _is_gone(error: Exception) -> bool:
+    return isinstance(error, client.ApiException) and error.status == 410
 
 
 def _brief(error: Exception) -> str:
