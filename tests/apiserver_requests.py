@@ -14,6 +14,8 @@ from typing import NamedTuple
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
+_COUNTER = "apiserver_request_total"
+
 
 class Request(NamedTuple):
     verb: str  # as the server labels it: GET, LIST, WATCH, CREATE, PATCH, APPLY, DELETE, ...
@@ -28,12 +30,23 @@ def snapshot(api_client: client.ApiClient) -> Counter[Request]:
     response = api_client.call_api(
         "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False
     )[0]
+    return parse(response.data.decode())
+
+
+def parse(metrics_text: str) -> Counter[Request]:
+    """`apiserver_request_total` from the text of kube-apiserver's /metrics, summed over the
+    labels Request leaves out (version, scope, component, dry_run)."""
+    # The whole page is megabytes of histograms; only the counter's own lines are parsed.
+    family_lines = "\n".join(
+        line
+        for line in metrics_text.splitlines()
+        if line.startswith(_COUNTER)
+        or line.startswith(("# HELP " + _COUNTER, "# TYPE " + _COUNTER))
+    )
     counts: Counter[Request] = Counter()
-    for family in text_string_to_metric_families(response.data.decode()):
-        if family.name != "apiserver_request":  # the parser drops the _total suffix
-            continue
+    for family in text_string_to_metric_families(family_lines + "\n"):
         for sample in family.samples:
-            if not sample.name.endswith("_total"):
+            if sample.name != _COUNTER:
                 continue
             labels = sample.labels
             key = Request(
@@ -65,7 +78,14 @@ def count(
 
 
 def since(api_client: client.ApiClient, before: Counter[Request]) -> Counter[Request]:
-    """The requests counted since `before` was taken."""
+    """The requests counted since `before` was taken. Raises if the API server restarted
+    in between (its counters start again from zero, so a difference would mean nothing)."""
     after = snapshot(api_client)
     after.subtract(before)
+    if any(n < 0 for n in after.values()):
+        raise ServerRestartedError("kube-apiserver restarted between the snapshots")
     return +after
+
+
+class ServerRestartedError(RuntimeError):
+    pass

@@ -20,6 +20,7 @@ Configuration (environment): LLMJOB_DEVCLUSTER_NODES (2), LLMJOB_DEVCLUSTER_GPUS
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import platform
@@ -67,6 +68,8 @@ class NodeAgent:
         self.ip_lock = threading.Lock()
         self.used_ips: set[str] = set()
         self.lost: set[str] = set()
+        # Nodes back from being lost whose pods must be relisted, with their old workers.
+        self.returning: dict[str, list[PodWorker]] = {}
 
     # --- PodHost --------------------------------------------------------------------------
 
@@ -156,25 +159,35 @@ class NodeAgent:
         }
 
     def register(self, index: int, name: str) -> None:
+        """Creates the Node unless it exists, posts its status, renews its Lease."""
         try:
-            self.cores[name].create_node(kube.model(client.V1Node, self.node_object(name)))
+            self.cores[name].create_node(
+                kube.model(client.V1Node, self.node_object(name)),
+                _request_timeout=kube.REQUEST_TIMEOUT,
+            )
         except client.ApiException as error:
             if not kube.is_status(error, 409):
                 raise
         self.patch_node_status(index, name)
+        self.renew_lease(name)
 
     def patch_node_status(self, index: int, name: str) -> None:
         """Writes Ready=True with a fresh heartbeat. lastTransitionTime is only sent when
         the condition actually changes, so the API keeps the time it became Ready."""
         status = self.node_status(index, name)
-        current = kube.as_dict(self.apis[name], self.cores[name].read_node(name))
+        current = kube.as_dict(
+            self.apis[name], self.cores[name].read_node(name, _request_timeout=kube.REQUEST_TIMEOUT)
+        )
         previous = {c["type"]: c for c in (current.get("status") or {}).get("conditions") or []}
         for condition in status["conditions"]:
             old = previous.get(condition["type"])
             if old is not None and old["status"] == condition["status"]:
                 condition["lastTransitionTime"] = old["lastTransitionTime"]
         self.cores[name].patch_node_status(
-            name, {"status": status}, _content_type="application/strategic-merge-patch+json"
+            name,
+            {"status": status},
+            _content_type="application/strategic-merge-patch+json",
+            _request_timeout=kube.REQUEST_TIMEOUT,
         )
 
     def renew_lease(self, name: str) -> None:
@@ -194,22 +207,35 @@ class NodeAgent:
                 "kube-node-lease",
                 {"spec": lease["spec"]},
                 _content_type="application/merge-patch+json",
+                _request_timeout=kube.REQUEST_TIMEOUT,
             )
         except client.ApiException as error:
             if not kube.is_status(error, 404):
                 raise
-            node = kube.as_dict(self.apis[name], self.cores[name].read_node(name))
+            node = kube.as_dict(
+                self.apis[name],
+                self.cores[name].read_node(name, _request_timeout=kube.REQUEST_TIMEOUT),
+            )
             lease["metadata"]["ownerReferences"] = [
                 {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"]["uid"]}
             ]
             self.leases[name].create_namespaced_lease(
-                "kube-node-lease", kube.model(client.V1Lease, lease)
+                "kube-node-lease",
+                kube.model(client.V1Lease, lease),
+                _request_timeout=kube.REQUEST_TIMEOUT,
             )
 
     def heartbeat_loop(self) -> None:
+        """Renews each node's Lease every LEASE_RENEW_SECONDS and posts its Ready status
+        every STATUS_HEARTBEAT_SECONDS, as a kubelet does. A failure (the API server down,
+        say) is retried on the next tick, forever; the first heartbeat after one also
+        posts the status, since the node controller may have marked the node NotReady."""
         last_status: dict[str, float] = {}
         while not self.stopping.is_set():
-            self.check_lost_nodes()
+            try:
+                self.check_lost_nodes()
+            except kube.CONNECTION_ERRORS as error:
+                log.warning("relist of returning nodes failed, retrying: %s", error)
             for index, name in enumerate(self.node_names):
                 if name in self.lost:
                     last_status.pop(name, None)
@@ -219,8 +245,14 @@ class NodeAgent:
                     if time.monotonic() - last_status.get(name, 0.0) > STATUS_HEARTBEAT_SECONDS:
                         self.patch_node_status(index, name)
                         last_status[name] = time.monotonic()
-                except client.ApiException as error:
-                    log.warning("node %s heartbeat failed: %s", name, error.reason)
+                except kube.CONNECTION_ERRORS as error:
+                    last_status.pop(name, None)
+                    log.warning(
+                        "node %s heartbeat failed, retrying in %.0fs: %s",
+                        name,
+                        LEASE_RENEW_SECONDS,
+                        error,
+                    )
             self.stopping.wait(LEASE_RENEW_SECONDS)
 
     def check_lost_nodes(self) -> None:
@@ -233,27 +265,28 @@ class NodeAgent:
                 for worker in self.workers.values():
                     if worker.node == name:
                         worker.lost.set()
-        restored = self.lost - lost
-        dead: list[PodWorker] = []
-        for name in restored:
+        for name in self.lost - lost:
             log.warning("node %s back", name)
             with self.workers_lock:
-                dead += [w for w in self.workers.values() if w.node == name]
+                dead = [w for w in self.workers.values() if w.node == name]
                 for worker in dead:
                     self.workers.pop(worker.uid, None)
+            self.returning[name] = dead
         self.lost = lost
-        for name in restored:
-            # What happened to its pods meanwhile (evictions) came while it was deaf.
+        for name, dead in list(self.returning.items()):
+            # What happened to its pods meanwhile (evictions) came while it was deaf. Kept
+            # in `returning` until a list succeeds.
             listing = self.cores[name].list_pod_for_all_namespaces(
-                field_selector=f"spec.nodeName={name}"
+                field_selector=f"spec.nodeName={name}", _request_timeout=kube.REQUEST_TIMEOUT
             )
             for pod in kube.as_dict(self.apis[name], listing)["items"]:
                 self.handle_pod("ADDED", pod)
-        with self.workers_lock:
-            gone = [w for w in dead if w.uid not in self.workers]
-        for worker in gone:
-            # Deleted while the node was away: only its directory is left to clean.
-            shutil.rmtree(worker.dir, ignore_errors=True)
+            del self.returning[name]
+            with self.workers_lock:
+                gone = [w for w in dead if w.uid not in self.workers]
+            for worker in gone:
+                # Deleted while the node was away: only its directory is left to clean.
+                shutil.rmtree(worker.dir, ignore_errors=True)
 
     # --- pods -----------------------------------------------------------------------------
 
@@ -279,39 +312,27 @@ class NodeAgent:
 
     def pod_watch_loop(self, node: str) -> None:
         """Lists, then watches, the pods bound to `node` (the field selector the Node
-        authorizer insists on); a relist after any watch error also notices pods deleted
-        while the watch was down."""
-        api, core = self.apis[node], self.cores[node]
-        selector = f"spec.nodeName={node}"
-        while not self.stopping.is_set():
-            try:
-                listing = kube.as_dict(
-                    api, core.list_pod_for_all_namespaces(field_selector=selector)
-                )
-                seen = set()
-                for pod in listing["items"]:
-                    seen.add(pod["metadata"]["uid"])
-                    self.handle_pod("ADDED", pod)
-                with self.workers_lock:
-                    gone = [
-                        w for uid, w in self.workers.items() if w.node == node and uid not in seen
-                    ]
-                for worker in gone:
-                    self.handle_pod("DELETED", worker.pod)
-                for event_type, pod in kube.watch_events(
-                    core.list_pod_for_all_namespaces,
-                    field_selector=selector,
-                    resource_version=listing["metadata"]["resourceVersion"],
-                    timeout_seconds=300,
-                ):
-                    if self.stopping.is_set():
-                        return
-                    self.handle_pod(event_type, pod)
-            except Exception as error:
-                if self.stopping.is_set():
-                    return
-                log.warning("pod watch of %s restarts after: %s", node, error)
-                time.sleep(1)
+        authorizer insists on); a relist also notices pods deleted while it was away."""
+
+        def relisted(pods: list[dict[str, Any]]) -> None:
+            seen = set()
+            for pod in pods:
+                seen.add(pod["metadata"]["uid"])
+                self.handle_pod("ADDED", pod)
+            with self.workers_lock:
+                gone = [w for uid, w in self.workers.items() if w.node == node and uid not in seen]
+            for worker in gone:
+                self.handle_pod("DELETED", worker.pod)
+
+        kube.watch_forever(
+            self.cores[node].list_pod_for_all_namespaces,
+            self.apis[node],
+            what=f"pod watch of {node}",
+            on_list=relisted,
+            on_event=self.handle_pod,
+            stopping=self.stopping,
+            field_selector=f"spec.nodeName={node}",
+        )
 
     def reap_workers(self) -> None:
         with self.workers_lock:
@@ -326,31 +347,29 @@ class NodeAgent:
     # --- /etc/hosts: cluster DNS for headless Services ------------------------------------
 
     def service_watch_loop(self) -> None:
-        api, core = self.apis[self.node_names[0]], self.cores[self.node_names[0]]
-        while not self.stopping.is_set():
-            try:
-                listing = kube.as_dict(api, core.list_service_for_all_namespaces())
-                with self.services_lock:
-                    self.services = {
-                        (s["metadata"]["namespace"], s["metadata"]["name"]): s
-                        for s in listing["items"]
-                    }
-                for event_type, service in kube.watch_events(
-                    core.list_service_for_all_namespaces,
-                    resource_version=listing["metadata"]["resourceVersion"],
-                    timeout_seconds=300,
-                ):
-                    key = (service["metadata"]["namespace"], service["metadata"]["name"])
-                    with self.services_lock:
-                        if event_type == "DELETED":
-                            self.services.pop(key, None)
-                        else:
-                            self.services[key] = service
-            except Exception as error:
-                if self.stopping.is_set():
-                    return
-                log.warning("service watch restarts after: %s", error)
-                time.sleep(1)
+        def relisted(services: list[dict[str, Any]]) -> None:
+            with self.services_lock:
+                self.services = {
+                    (s["metadata"]["namespace"], s["metadata"]["name"]): s for s in services
+                }
+
+        def changed(event_type: str, service: dict[str, Any]) -> None:
+            key = (service["metadata"]["namespace"], service["metadata"]["name"])
+            with self.services_lock:
+                if event_type == "DELETED":
+                    self.services.pop(key, None)
+                else:
+                    self.services[key] = service
+
+        node = self.node_names[0]
+        kube.watch_forever(
+            self.cores[node].list_service_for_all_namespaces,
+            self.apis[node],
+            what="service watch",
+            on_list=relisted,
+            on_event=changed,
+            stopping=self.stopping,
+        )
 
     def peer_entries(self, namespace: str, workers: list[PodWorker]) -> list[tuple[str, list[str]]]:
         """What cluster DNS would answer for the namespace's headless Services: each pod
@@ -408,10 +427,16 @@ class NodeAgent:
         self.layout.control_dir.mkdir(parents=True, exist_ok=True)
         self.layout.pods_dir.mkdir(parents=True, exist_ok=True)
         self.layout.pods_dir.chmod(0o700)
-        provisioner.ensure_storage_class(self.admin_api)
+        # A kubelet that starts while the API server is away keeps trying to register.
+        kube.call_until_done(
+            "StorageClass", lambda: provisioner.ensure_storage_class(self.admin_api), self.stopping
+        )
         for index, name in enumerate(self.node_names):
-            self.register(index, name)
-            self.renew_lease(name)
+            kube.call_until_done(
+                f"registration of {name}",
+                functools.partial(self.register, index, name),
+                self.stopping,
+            )
         servers = [
             KubeletServer(self, name, self.layout.node_ip(i), self.layout.kubelet_port(i))
             for i, name in enumerate(self.node_names)

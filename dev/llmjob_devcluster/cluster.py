@@ -1,14 +1,18 @@
 """`make cluster` / `make cluster-down`: start and stop etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler and the node agent on 127.0.0.1.
 
-Usage: python -m llmjob_devcluster.cluster up|down|status|lose-node NODE|restore-node NODE
+Usage: python -m llmjob_devcluster.cluster up | down | status | lose-node NODE |
+    restore-node NODE | restart COMPONENT [--down-seconds N] [--signal KILL|TERM] |
+    expire-watches
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -230,6 +234,20 @@ def wait_healthy(
         time.sleep(0.2)
 
 
+def start_component(layout: Layout, bin_dir: Path, name: str) -> None:
+    """Starts one component and waits until it is healthy."""
+    env = dict(os.environ)
+    env["KUBECONFIG"] = str(layout.kubeconfig)
+    env["LLMJOB_DEVCLUSTER_DIR"] = str(layout.state_dir)
+    env["PYTHONPATH"] = str(REPO_ROOT / "dev")
+    if name == "node-agent":
+        (layout.state_dir / "agent-ready").unlink(missing_ok=True)
+    log(f"starting {name}")
+    argv = component_argv(layout, bin_dir, name)
+    process = processes.start(layout.pid_dir, layout.log_dir, name, argv, env)
+    wait_healthy(layout, name, process, timeout=120)
+
+
 def up(layout: Layout) -> None:
     """Starts whatever is not running (idempotent)."""
     started_at = time.monotonic()
@@ -256,23 +274,13 @@ def up(layout: Layout) -> None:
     write_kubeconfig(layout, kubeconfigs / "scheduler.kubeconfig", SCHEDULER)
     for node_client in node_clients:
         write_kubeconfig(layout, layout.node_kubeconfig(node_client.name), node_client)
-    env = dict(os.environ)
-    env["KUBECONFIG"] = str(layout.kubeconfig)
-    env["LLMJOB_DEVCLUSTER_DIR"] = str(layout.state_dir)
-    env["PYTHONPATH"] = str(REPO_ROOT / "dev")
     started_any = False
     for name in COMPONENTS:
         if processes.running_pid(layout.pid_dir, name) is not None and is_healthy(layout, name):
             continue
         processes.stop(layout.pid_dir, name, grace=5)
-        if name == "node-agent":
-            (layout.state_dir / "agent-ready").unlink(missing_ok=True)
-        log(f"starting {name}")
-        process = processes.start(
-            layout.pid_dir, layout.log_dir, name, component_argv(layout, bin_dir, name), env
-        )
+        start_component(layout, bin_dir, name)
         started_any = True
-        wait_healthy(layout, name, process, timeout=120)
     verb = "started" if started_any else "already running"
     log(f"{verb} in {time.monotonic() - started_at:.1f}s; KUBECONFIG={layout.kubeconfig}")
 
@@ -284,6 +292,62 @@ def down(layout: Layout) -> None:
     kill_leftover_pods(layout.pods_dir)
     (layout.state_dir / "agent-ready").unlink(missing_ok=True)
     log("stopped")
+
+
+def restart(
+    layout: Layout,
+    name: str,
+    down_seconds: float = 0.0,
+    kill_signal: signal.Signals = signal.SIGKILL,
+) -> None:
+    """Kills one running component (SIGKILL by default: a crash, no graceful shutdown),
+    keeps it down for `down_seconds`, starts it again and returns once it is healthy.
+    For failure tests: what every client of the component does meanwhile is real."""
+    pid = processes.running_pid(layout.pid_dir, name)
+    if pid is None:
+        raise SystemExit(f"devcluster: {name} is not running")
+    log(f"stopping {name} (pid {pid}) with {kill_signal.name} for {down_seconds:g}s")
+    processes.signal_group(pid, kill_signal)
+    if processes.wait_gone([pid], 30):
+        processes.signal_group(pid, signal.SIGKILL)
+        processes.wait_gone([pid], 5)
+    time.sleep(down_seconds)
+    start_component(layout, layout.bin_link.resolve(), name)
+
+
+def _etcd(layout: Layout, method: str, body: dict[str, object]) -> dict[str, object]:
+    """One call to etcd's v3 JSON gateway (keys and values are base64)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{layout.etcd_client_port}/v3/{method}",
+        data=json.dumps(body).encode(),
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        result: dict[str, object] = json.load(response)
+    return result
+
+
+def expire_watches(layout: Layout) -> int:
+    """Makes every resourceVersion handed out before this call too old to watch from: a
+    watch resumed from one gets 410 Gone ("too old resource version"), so the watcher
+    must relist, as after a long partition or an API server upgrade. Returns the etcd
+    revision from which watching still works.
+
+    How: kube-apiserver serves watches from its watch cache, which (re)starts at the
+    revision it lists from etcd and answers 410 for anything older; a restart is the only
+    way to reset it without turning the cache off. While the API server is down, a write
+    outside /registry makes etcd's revision move past every version handed out, and a
+    compaction to that revision expires them in etcd too (for reads that bypass the
+    cache, such as a list with an exact resourceVersion)."""
+    processes.stop(layout.pid_dir, "kube-apiserver", grace=10)
+    key = base64.b64encode(b"/llmjob-devcluster/expire-watches").decode()
+    stamp = base64.b64encode(str(time.time()).encode()).decode()
+    header = _etcd(layout, "kv/put", {"key": key, "value": stamp})["header"]
+    assert isinstance(header, dict)
+    revision = int(header["revision"])
+    _etcd(layout, "kv/compaction", {"revision": revision, "physical": True})
+    start_component(layout, layout.bin_link.resolve(), "kube-apiserver")
+    return revision
 
 
 def status(layout: Layout) -> bool:
@@ -298,8 +362,17 @@ def status(layout: Layout) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "lose-node", "restore-node"])
-    parser.add_argument("node", nargs="?", help="with lose-node/restore-node: the node's name")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="start whatever is not running")
+    commands.add_parser("down", help="stop everything, pods included")
+    commands.add_parser("status", help="list the components; exit 1 unless all are healthy")
+    for verb in ("lose-node", "restore-node"):
+        commands.add_parser(verb, help="the node agent's lost-node marker").add_argument("node")
+    restart_parser = commands.add_parser("restart", help="kill one component, then start it")
+    restart_parser.add_argument("component", choices=COMPONENTS)
+    restart_parser.add_argument("--down-seconds", type=float, default=0.0)
+    restart_parser.add_argument("--signal", choices=["KILL", "TERM"], default="KILL")
+    commands.add_parser("expire-watches", help="make every watch resume get 410 Gone")
     args = parser.parse_args()
     layout = Layout.from_env()
     if args.command == "up":
@@ -307,8 +380,6 @@ def main() -> None:
     elif args.command == "down":
         down(layout)
     elif args.command in ("lose-node", "restore-node"):
-        if not args.node:
-            parser.error(f"{args.command} needs a node name")
         # The node agent polls this marker (see agent.py).
         marker = layout.control_dir / f"lost-{args.node}"
         if args.command == "lose-node":
@@ -316,6 +387,10 @@ def main() -> None:
             marker.touch()
         else:
             marker.unlink(missing_ok=True)
+    elif args.command == "restart":
+        restart(layout, args.component, args.down_seconds, signal.Signals["SIG" + args.signal])
+    elif args.command == "expire-watches":
+        print(expire_watches(layout))
     elif not status(layout):
         raise SystemExit(1)
 
