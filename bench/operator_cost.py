@@ -19,8 +19,6 @@ from tests.integration.operator_process import OperatorProcess
 from llmjob_devcluster import processes
 from llmjob_devcluster.layout import Layout
 
-WRITES = {"CREATE", "PATCH", "UPDATE", "APPLY", "DELETE"}
-
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process (its threads included)."""
@@ -56,10 +54,10 @@ def measure(
         core.delete_namespace(namespace)
     minutes = elapsed / 60
     patches = apiserver_requests.count(
-        delta, verbs=WRITES, resource="llmtrainingjobs", subresource="status"
+        delta, verbs=apiserver_requests.WRITES, resource="llmtrainingjobs", subresource="status"
     )
     owned_writes = sum(
-        apiserver_requests.count(delta, verbs=WRITES, resource=r, subresource="")
+        apiserver_requests.count(delta, verbs=apiserver_requests.WRITES, resource=r, subresource="")
         for r in ("pods", "configmaps", "services", "persistentvolumeclaims")
     )
     print(

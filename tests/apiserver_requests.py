@@ -15,10 +15,12 @@ from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 _COUNTER = "apiserver_request_total"
+# The server labels a create POST and an update PUT (the HTTP methods), a server-side apply APPLY.
+WRITES = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
 
 
 class Request(NamedTuple):
-    verb: str  # as the server labels it: GET, LIST, WATCH, CREATE, PATCH, APPLY, DELETE, ...
+    verb: str  # as the server labels it: GET, LIST, WATCH, POST, PUT, PATCH, APPLY, DELETE, ...
     group: str  # "" for the core group
     resource: str
     subresource: str
@@ -27,9 +29,13 @@ class Request(NamedTuple):
 
 def snapshot(api_client: client.ApiClient) -> Counter[Request]:
     """Every request the API server has counted since it started, by verb/resource/code."""
+    method, url, headers, body, post = api_client.param_serialize(
+        "GET", "/metrics", auth_settings=["BearerToken"]
+    )
     response = api_client.call_api(
-        "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False
-    )[0]
+        method, url, header_params=headers, body=body, post_params=post, _request_timeout=30
+    )
+    response.read()
     return parse(response.data.decode())
 
 

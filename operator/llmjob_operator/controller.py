@@ -35,7 +35,13 @@ from llmjob_operator.reconcile import (
     plan_invalid,
     status_write_due,
 )
-from llmjob_operator.render import SPEC_HASH_ANNOTATION, JobRef, RenderSettings, render
+from llmjob_operator.render import (
+    SPEC_HASH_ANNOTATION,
+    JobRef,
+    RenderSettings,
+    claim_name,
+    render,
+)
 from llmjob_operator.settings import OperatorSettings
 from llmjob_operator.store import JobKey, Store
 
@@ -144,7 +150,9 @@ class Controller:
             spec=job.spec,
             status=status,
         )
-        observed = self._observe(kube, key, status, job.spec.metrics_port, now)
+        observed = self._observe(
+            kube, key, status, job.spec.metrics_port, claim_name(ref, job.spec), now
+        )
         desired = partial(render, ref, job.spec, self.render_settings)
         result = plan(view, lambda attempt: desired(attempt=attempt), observed, now)
         deferred = self._execute(kube, key, body, status, result, now)
@@ -157,16 +165,21 @@ class Controller:
         key: JobKey,
         status: LLMTrainingJobStatus,
         metrics_port: int,
+        claim: str,
         now: datetime,
     ) -> Observed:
         owned = self.store.owned(key)
         workers = [w for b in owned if b["kind"] == "Pod" and (w := worker_state(b)) is not None]
+        supporting = [b for b in owned if b["kind"] != "Pod"]
+        # A claim kept after its job (Retain) has no owner: it is found by its name.
+        kept_claim = self.store.cached("PersistentVolumeClaim", key[0], claim)
+        if kept_claim is not None and kept_claim not in supporting:
+            supporting.append(kept_claim)
         hashes = {
             f"{b['kind']}/{b['metadata']['name']}": (b["metadata"].get("annotations") or {}).get(
                 SPEC_HASH_ANNOTATION, ""
             )
-            for b in owned
-            if b["kind"] != "Pod"
+            for b in supporting
         }
         rank0 = next(
             (w for w in workers if w.index == 0 and w.attempt == status.attempt and w.pod_ip),
@@ -229,7 +242,10 @@ class Controller:
                 if server_copy is not None:
                     self.store.put_owned(kind, server_copy)
             elif isinstance(action, DeletePod):
-                kube.delete_pod(namespace, action.name, action.uid, action.grace_seconds)
+                if not kube.delete_pod(namespace, action.name, action.uid, action.grace_seconds):
+                    # The cache held a pod the server no longer has: drop it now.
+                    dropped = {"namespace": namespace, "name": action.name, "uid": action.uid}
+                    self.store.drop_owned("Pod", {"metadata": dropped})
             elif isinstance(action, DeleteJob):
                 kube.delete_job(namespace, name)
         for event in result.events:

@@ -178,13 +178,18 @@ class Kube:
         """Creates what the cache does not hold; updates (server-side apply, our one field
         manager) only what the cache holds as the job's own. Pods are created, never patched.
         Raises ForeignObjectError rather than touching an object someone else controls.
-        Returns the object as the server has it when a create found it already there."""
+        An object rendered without an owner (a claim kept after the job, Retain) is created
+        once and then left alone, whoever made it. Returns the object as the server has it
+        when a create found it already there."""
         kind = body["kind"]
         namespace = body["metadata"]["namespace"]
         name = body["metadata"]["name"]
-        owner_uid = body["metadata"]["ownerReferences"][0]["uid"]
+        owners = body["metadata"].get("ownerReferences") or []
+        owner_uid = owners[0]["uid"] if owners else None
         if cached is None or kind == "Pod":
             return self._create(kind, namespace, name, body, owner_uid)
+        if owner_uid is None:
+            return None
         if store.controller_uid(cached) != owner_uid:
             raise ForeignObjectError(kind, name, _owner_description(cached))
         self._write(
@@ -199,7 +204,7 @@ class Kube:
         return None
 
     def _create(
-        self, kind: str, namespace: str, name: str, body: dict[str, Any], owner_uid: str
+        self, kind: str, namespace: str, name: str, body: dict[str, Any], owner_uid: str | None
     ) -> dict[str, Any] | None:
         try:
             self._write(
@@ -212,14 +217,15 @@ class Kube:
         # Already there: ours (the cache is behind) or someone else's. Never adopt it.
         response = self._read(_readers(self.core)[kind], name, namespace, _preload_content=False)
         existing = _json(response)
-        if store.controller_uid(existing) != owner_uid:
+        if owner_uid is not None and store.controller_uid(existing) != owner_uid:
             raise ForeignObjectError(kind, name, _owner_description(existing)) from None
         return existing
 
     def delete_pod(
         self, namespace: str, name: str, uid: str, grace_seconds: int | None = None
-    ) -> None:
-        """Deletes exactly that pod (UID precondition): never a newer one of the same name."""
+    ) -> bool:
+        """Deletes exactly that pod (UID precondition): never a newer one of the same name.
+        Returns False when that pod no longer exists (404, or the name is another pod's)."""
         options = client.V1DeleteOptions(
             grace_period_seconds=grace_seconds, preconditions=client.V1Preconditions(uid=uid)
         )
@@ -227,8 +233,10 @@ class Kube:
             self._write(self.core.delete_namespaced_pod, name, namespace, body=options)
         except ApiException as error:
             # 404: gone already; 409: the name now belongs to another pod.
-            if error.status not in (404, 409):
-                raise
+            if error.status in (404, 409):
+                return False
+            raise
+        return True
 
     def node_health(self, name: str) -> NodeHealth:
         """How a pod's node is: a stuck pod may be force-deleted only off a dead node."""

@@ -20,7 +20,6 @@ from tests.integration.operator_process import OperatorProcess
 pytestmark = pytest.mark.integration
 
 PROGRESS_INTERVAL = 2.0
-WRITE_VERBS = {"CREATE", "PATCH", "UPDATE", "APPLY", "DELETE", "DELETECOLLECTION"}
 WINDOW_SECONDS = 60
 
 
@@ -44,14 +43,20 @@ def job_writes(delta: "apiserver_requests.Counter[apiserver_requests.Request]") 
     the node agent writes), the job's Service, ConfigMap and claim."""
     return {
         "status": apiserver_requests.count(
-            delta, verbs=WRITE_VERBS, resource="llmtrainingjobs", subresource="status"
+            delta, verbs=apiserver_requests.WRITES, resource="llmtrainingjobs", subresource="status"
         ),
         "jobs": apiserver_requests.count(
-            delta, verbs=WRITE_VERBS, resource="llmtrainingjobs", subresource=""
+            delta, verbs=apiserver_requests.WRITES, resource="llmtrainingjobs", subresource=""
         ),
-        "pods": apiserver_requests.count(delta, verbs=WRITE_VERBS, resource="pods", subresource=""),
-        "configmaps": apiserver_requests.count(delta, verbs=WRITE_VERBS, resource="configmaps"),
-        "services": apiserver_requests.count(delta, verbs=WRITE_VERBS, resource="services"),
+        "pods": apiserver_requests.count(
+            delta, verbs=apiserver_requests.WRITES, resource="pods", subresource=""
+        ),
+        "configmaps": apiserver_requests.count(
+            delta, verbs=apiserver_requests.WRITES, resource="configmaps"
+        ),
+        "services": apiserver_requests.count(
+            delta, verbs=apiserver_requests.WRITES, resource="services"
+        ),
     }
 
 
