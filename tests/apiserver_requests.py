@@ -18,7 +18,9 @@ _COUNTER = "apiserver_request_total"
 
 
 class Request(NamedTuple):
-    verb: str  # as the server labels it: GET, LIST, WATCH, CREATE, PATCH, APPLY, DELETE, ...
+    # As the server labels it: GET, LIST, WATCH, POST (a create), PUT, PATCH, APPLY (a
+    # server-side apply), DELETE, DELETECOLLECTION, CONNECT.
+    verb: str
     group: str  # "" for the core group
     resource: str
     subresource: str
@@ -27,10 +29,13 @@ class Request(NamedTuple):
 
 def snapshot(api_client: client.ApiClient) -> Counter[Request]:
     """Every request the API server has counted since it started, by verb/resource/code."""
-    response = api_client.call_api(
-        "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False
-    )[0]
-    return parse(response.data.decode())
+    # The raw request of kubernetes-client >= 32 (the generated methods cover only the API).
+    request = api_client.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
+    response = api_client.call_api(*request, _request_timeout=(3, 30))
+    body: bytes = response.read()  # type: ignore[no-untyped-call]
+    if response.status != 200:
+        raise client.ApiException(status=response.status, reason=response.reason)
+    return parse(body.decode())
 
 
 def parse(metrics_text: str) -> Counter[Request]:

@@ -41,8 +41,8 @@ def test_creating_config_maps_counts_exactly_those_creates(
     core.read_namespaced_config_map("counted-0", namespace)
     delta = apiserver_requests.since(api_client, before)
 
-    assert apiserver_requests.count(delta, verbs={"CREATE"}, resource="configmaps") == CREATES
-    assert delta[Request("CREATE", "", "configmaps", "", "201")] == CREATES
+    assert apiserver_requests.count(delta, verbs={"POST"}, resource="configmaps") == CREATES
+    assert delta[Request("POST", "", "configmaps", "", "201")] == CREATES
     assert apiserver_requests.count(delta, verbs={"GET"}, resource="configmaps") == 1
     assert apiserver_requests.count(delta, verbs={"DELETE"}, resource="configmaps") == 0
 
@@ -53,7 +53,7 @@ def test_kubectl_and_the_client_read_the_same_counts(
     core.create_namespaced_config_map(
         namespace, kube.model(client.V1ConfigMap, {"metadata": {"name": "seen-by-both"}})
     )
-    creates = Request("CREATE", "", "configmaps", "", "201")
+    creates = Request("POST", "", "configmaps", "", "201")
     by_client = apiserver_requests.snapshot(api_client)[creates]
     metrics = subprocess.run(
         [*kubectl, "get", "--raw", "/metrics"],
