@@ -15,12 +15,16 @@ from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 _COUNTER = "apiserver_request_total"
+
+
 # The server labels a create POST and an update PUT (the HTTP methods), a server-side apply APPLY.
 WRITES = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
 
 
 class Request(NamedTuple):
-    verb: str  # as the server labels it: GET, LIST, WATCH, POST, PUT, PATCH, APPLY, DELETE, ...
+    # As the server labels it: GET, LIST, WATCH, POST (a create), PUT, PATCH, APPLY (a
+    # server-side apply), DELETE, DELETECOLLECTION, CONNECT.
+    verb: str
     group: str  # "" for the core group
     resource: str
     subresource: str
@@ -29,14 +33,13 @@ class Request(NamedTuple):
 
 def snapshot(api_client: client.ApiClient) -> Counter[Request]:
     """Every request the API server has counted since it started, by verb/resource/code."""
-    method, url, headers, body, post = api_client.param_serialize(
-        "GET", "/metrics", auth_settings=["BearerToken"]
-    )
-    response = api_client.call_api(
-        method, url, header_params=headers, body=body, post_params=post, _request_timeout=30
-    )
-    response.read()
-    return parse(response.data.decode())
+    # The raw request of kubernetes-client >= 32 (the generated methods cover only the API).
+    request = api_client.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
+    response = api_client.call_api(*request, _request_timeout=(3, 30))
+    body: bytes = response.read()  # type: ignore[no-untyped-call]
+    if response.status != 200:
+        raise client.ApiException(status=response.status, reason=response.reason)
+    return parse(body.decode())
 
 
 def parse(metrics_text: str) -> Counter[Request]:

@@ -303,16 +303,23 @@ def restart(
     """Kills one running component (SIGKILL by default: a crash, no graceful shutdown),
     keeps it down for `down_seconds`, starts it again and returns once it is healthy.
     For failure tests: what every client of the component does meanwhile is real."""
+    _kill(layout, name, kill_signal)
+    log(f"{name} stays down for {down_seconds:g}s")
+    time.sleep(down_seconds)
+    start_component(layout, layout.bin_link.resolve(), name)
+
+
+def _kill(layout: Layout, name: str, kill_signal: signal.Signals) -> None:
+    """Signals a running component; SIGKILL if it is still there 30 s later (a SIGTERMed
+    kube-apiserver's graceful shutdown takes that long here with watches open)."""
     pid = processes.running_pid(layout.pid_dir, name)
     if pid is None:
         raise SystemExit(f"devcluster: {name} is not running")
-    log(f"stopping {name} (pid {pid}) with {kill_signal.name} for {down_seconds:g}s")
+    log(f"stopping {name} (pid {pid}) with {kill_signal.name}")
     processes.signal_group(pid, kill_signal)
     if processes.wait_gone([pid], 30):
         processes.signal_group(pid, signal.SIGKILL)
         processes.wait_gone([pid], 5)
-    time.sleep(down_seconds)
-    start_component(layout, layout.bin_link.resolve(), name)
 
 
 def _etcd(layout: Layout, method: str, body: dict[str, object]) -> dict[str, object]:
@@ -337,9 +344,10 @@ def expire_watches(layout: Layout) -> int:
     revision it lists from etcd and answers 410 for anything older; a restart is the only
     way to reset it without turning the cache off. While the API server is down, a write
     outside /registry makes etcd's revision move past every version handed out, and a
-    compaction to that revision expires them in etcd too (for reads that bypass the
-    cache, such as a list with an exact resourceVersion)."""
-    processes.stop(layout.pid_dir, "kube-apiserver", grace=10)
+    compaction to that revision expires them in etcd too (a list at an exact old
+    resourceVersion gets 410 as well). A compaction alone is not enough: the cache keeps
+    serving versions it holds, and its history window cannot be set below 75 s."""
+    _kill(layout, "kube-apiserver", signal.SIGKILL)
     key = base64.b64encode(b"/llmjob-devcluster/expire-watches").decode()
     stamp = base64.b64encode(str(time.time()).encode()).decode()
     header = _etcd(layout, "kv/put", {"key": key, "value": stamp})["header"]

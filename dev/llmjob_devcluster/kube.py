@@ -104,6 +104,7 @@ def watch_forever(
     gets each later ADDED/MODIFIED/DELETED. Errors never end the loop."""
     backoff = Backoff()
     resource_version: str | None = None
+    expired_since_last_event = False
     while not stopping.is_set():
         try:
             if resource_version is None:
@@ -120,6 +121,7 @@ def watch_forever(
             )
             for event in stream:
                 backoff.reset()
+                expired_since_last_event = False
                 body: Obj = event["raw_object"]
                 resource_version = body["metadata"]["resourceVersion"]
                 if event["type"] != "BOOKMARK":
@@ -129,8 +131,14 @@ def watch_forever(
         except client.ApiException as error:
             if error.status == 410:
                 # Too old a resourceVersion (compaction, a restarted API server's watch
-                # cache): only a fresh list can say what changed, deletions included.
+                # cache): only a fresh list can say what changed, deletions included. The
+                # first relist is at once (the server answered, so it is up); a second 410
+                # without an event in between backs off.
                 resource_version = None
+                if not expired_since_last_event:
+                    expired_since_last_event = True
+                    log.warning("%s: relisting now after: %s", what, _brief(error))
+                    continue
             _retry_later(what, error, backoff, stopping)
         except HandlerError as error:
             # A handler failed (a bug, or its own API call): relist, so that every object

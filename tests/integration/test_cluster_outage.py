@@ -5,6 +5,7 @@ after kube-apiserver is back and new pods run."""
 from __future__ import annotations
 
 import functools
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -39,6 +40,7 @@ def test_nodes_and_pods_recover_after_the_api_server_is_killed(
 
     cluster.restart(devcluster, "kube-apiserver", down_seconds=DOWN_SECONDS)
     back = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    back_at = time.monotonic()
 
     for node in devcluster.node_names:
         wait_for(
@@ -46,6 +48,7 @@ def test_nodes_and_pods_recover_after_the_api_server_is_killed(
             RECOVERY_SECONDS,
             f"{node} to post Ready after the API server came back",
         )
+    print(f"both nodes Ready {time.monotonic() - back_at:.1f}s after kube-apiserver was back")
     retries = agent_log.read_bytes()[log_offset:].decode(errors="replace")
     for node in devcluster.node_names:
         assert f"node {node} heartbeat failed, retrying" in retries

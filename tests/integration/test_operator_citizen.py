@@ -60,11 +60,22 @@ def job_writes(delta: "apiserver_requests.Counter[apiserver_requests.Request]") 
     }
 
 
+def no_namespace_terminating(core: client.CoreV1Api) -> None:
+    """Earlier tests' namespaces are deleted as they end; the namespace controller's deletes
+    (and the operator's reactions to them) must not land in a measured window."""
+    wait_for(
+        lambda: all(ns.status.phase != "Terminating" for ns in core.list_namespace().items),
+        180,
+        "earlier tests' namespaces to be gone",
+    )
+
+
 def test_a_running_job_writes_its_status_at_most_once_per_progress_interval(
     jobs: Jobs, venv_bin: str, api_client: client.ApiClient
 ) -> None:
     jobs.create(standin_job("steady", venv_bin, standin={"steps": 600, "step_seconds": 0.5}))
     jobs.wait("steady", lambda s: (s.get("progress") or {}).get("step", 0) >= 2, what="steps")
+    no_namespace_terminating(jobs.core)
     before = apiserver_requests.snapshot(api_client)
     started = time.monotonic()
     time.sleep(WINDOW_SECONDS)
@@ -85,6 +96,7 @@ def test_suspended_and_finished_jobs_write_nothing(
     jobs.create(standin_job("parked", venv_bin, runPolicy={"suspend": True}))
     jobs.wait_phase("done", "Succeeded")
     jobs.wait_phase("parked", "Suspended")
+    no_namespace_terminating(jobs.core)
     before = apiserver_requests.snapshot(api_client)
     time.sleep(WINDOW_SECONDS)
     writes = job_writes(apiserver_requests.since(api_client, before))
