@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from llmjob_operator import metrics, progress
-from llmjob_operator.api import LLMTrainingJob, LLMTrainingJobStatus
+from llmjob_operator.api import LLMTrainingJobStatus, validate_job
 from llmjob_operator.kube import ConflictError, Kube
 from llmjob_operator.observe import Observed, TrainerProgress, parse_time, worker_state
 from llmjob_operator.policy import set_condition
@@ -78,7 +78,7 @@ class Controller:
         status = LLMTrainingJobStatus.model_validate(body.get("status") or {})
         generation = int(body["metadata"].get("generation", 1))
         try:
-            job = LLMTrainingJob.model_validate(body)
+            job = validate_job(body, self.settings.passthrough)
         except ValidationError as error:
             self._execute(
                 kube, body, status, plan_invalid(status, generation, _explain(error), now)
