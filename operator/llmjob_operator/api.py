@@ -551,7 +551,7 @@ class LLMTrainingJobSpec(ApiModel):
         known = set(volume_names)
         for index, mount in enumerate(self.volume_mounts):
             name = mount.get("name")
-            if name not in known:
+            if not isinstance(name, str) or name not in known:
                 raise ValueError(f"volumeMounts[{index}].name {name!r} matches no entry in volumes")
             path = mount.get("mountPath")
             if not isinstance(path, str) or not path.startswith("/"):

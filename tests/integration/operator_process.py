@@ -22,12 +22,22 @@ def free_port() -> int:
 class OperatorProcess:
     """Start, kill and restart the operator; its log goes to a file the tests can show."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, progress_interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        progress_interval: float = 2.0,
+        webhook_cert_dir: Path | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.progress_interval = progress_interval
         self.metrics_port = free_port()
         self.health_port = free_port()
+        # With a certificate directory (tls.crt, tls.key), it serves the admission webhook
+        # on 127.0.0.1:webhook_port (tests.integration.webhook configures the API server).
+        self.webhook_cert_dir = webhook_cert_dir
+        self.webhook_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,6 +59,12 @@ class OperatorProcess:
             f"--progress-interval={self.progress_interval}",
             "--default-image=llmjob/trainer:test",
         ]
+        if self.webhook_cert_dir is not None:
+            command += [
+                f"--webhook-cert-dir={self.webhook_cert_dir}",
+                "--webhook-address=127.0.0.1",
+                f"--webhook-port={self.webhook_port}",
+            ]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
         self.wait_healthy()

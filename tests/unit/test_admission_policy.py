@@ -197,3 +197,10 @@ def test_checkpoint_storage_is_immutable_and_nothing_else_is() -> None:
     crd_text = render_yaml()
     # Two mentions per rule, and no transition rule anywhere else: the rest stays mutable.
     assert crd_text.count("oldSelf") == 2 * len(transition)
+
+
+def test_a_malformed_mount_name_is_a_validation_error_not_a_crash() -> None:
+    # Found by the admission fuzz: a TypeError here crashed the webhook (admitted under
+    # Ignore) and the reconcile (InternalError) instead of naming the field.
+    with pytest.raises(ValidationError, match=r"volumeMounts\[0\]\.name"):
+        validate_job(job(volumeMounts=[{"name": {"a": 1}, "mountPath": "/x"}]), DEFAULT)
