@@ -71,7 +71,8 @@ def install_monitoring_crds(kubectl: list[str]) -> None:
 def operator_values(**values: Any) -> dict[str, Any]:
     """Values for an install on the local cluster: pods share the host's network, so the
     operator's ports must be free ones, not the defaults another operator may hold."""
-    return {"metricsPort": free_port(), "healthPort": free_port(), **values}
+    webhook = {"port": free_port(), **values.pop("webhook", {})}
+    return {"metricsPort": free_port(), "healthPort": free_port(), "webhook": webhook, **values}
 
 
 @contextlib.contextmanager
