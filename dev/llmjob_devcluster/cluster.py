@@ -131,9 +131,6 @@ def component_argv(layout: Layout, bin_dir: Path, name: str) -> list[str]:
             f"--client-ca-file={pki / 'ca.crt'}",
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
-            # Webhooks behind a Service are called at an endpoint (the pod's 127.x address):
-            # no kube-proxy makes a cluster IP reachable here.
-            "--enable-aggregator-routing=true",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",

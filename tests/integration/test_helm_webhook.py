@@ -1,7 +1,9 @@
-"""The chart's validating webhook: what it renders (Service client config, failurePolicy, a
-helm-generated or cert-manager certificate, namespace scope), and, installed on the local
-cluster, that `kubectl apply` is answered by the chart's operator pod through its Service and
-that an upgrade keeps the certificate."""
+"""The chart's validating webhook: what it renders (Service client config by default, a URL
+when set, failurePolicy, a helm-generated or cert-manager certificate, namespace scope), and,
+installed on the local cluster, that `kubectl apply` is answered by the chart's operator pod
+and that an upgrade keeps the certificate. On the local cluster the API server calls the pod at
+127.0.0.1 (`webhook.url`, helm_chart.operator_values): no EndpointSlice takes a loopback pod
+IP, so a Service has no endpoint there."""
 
 import base64
 import subprocess
@@ -86,6 +88,21 @@ def test_default_webhook_is_a_service_with_a_generated_ca_and_fails_open(
     assert not {"--allow-host-path-volumes", "--allow-secret-passthrough"} & set(container["args"])
 
 
+def test_a_url_replaces_the_service_and_the_certificate_names_its_host(
+    helm: Helm, tmp_path: Path
+) -> None:
+    url = "https://127.0.0.1:31443/validate-llmtrainingjob"
+    docs = helm.template({"webhook": {"url": url}})
+    client_config = webhook_of(docs)["clientConfig"]
+    assert client_config["url"] == url
+    assert "service" not in client_config
+    (secret,) = of_kind(docs, "Secret")
+    (tmp_path / "tls.crt").write_bytes(base64.b64decode(secret["data"]["tls.crt"]))
+    sans = openssl("x509", "-noout", "-ext", "subjectAltName", "-in", str(tmp_path / "tls.crt"))
+    assert "IP Address:127.0.0.1" in sans
+    assert secret["metadata"]["annotations"]["llmjob.dev/webhook-hosts"].startswith("127.0.0.1,")
+
+
 def test_namespaced_install_validates_only_its_namespaces(helm: Helm) -> None:
     webhook = webhook_of(helm.template({"watchNamespaces": ["team-a", "team-b"]}))
     assert webhook["namespaceSelector"] == {
@@ -168,7 +185,7 @@ def test_installed_webhook_refuses_invalid_jobs_and_keeps_its_certificate_on_upg
         return result.returncode != 0 and DENIED in result.stderr and field in result.stderr
 
     with installed(helm, release, release_ns, values):
-        # The API server calls the operator pod through the Service's endpoint.
+        assert values["webhook"]["url"].startswith("https://127.0.0.1:")
         wait_for(
             lambda: refused(contradiction, "spec.deepspeed.gradient_accumulation_steps"),
             timeout=60,
