@@ -15,7 +15,7 @@ import yaml
 from kubernetes import client
 
 from tests.conftest import wait_for
-from tests.integration.helm_chart import Helm, installed, operator_values
+from tests.integration.helm_chart import CHART, Helm, installed, operator_values
 from tests.integration.jobs import standin_job
 
 pytestmark = pytest.mark.integration
@@ -202,7 +202,7 @@ def test_installed_webhook_refuses_invalid_jobs_and_keeps_its_certificate_on_upg
         secret_name = f"{release}-llmjob-operator-webhook-tls"
         before = core.read_namespaced_secret(secret_name, release_ns).data
         helm.run(
-            "upgrade", release, str(Path(__file__).parents[2] / "helm" / "llmjob-operator"),
+            "upgrade", release, str(CHART),
             "-n", release_ns, "-f", helm.values_file({**values, "logLevel": "DEBUG"}),
             "--wait", "--timeout=180s",
         )  # fmt: skip
