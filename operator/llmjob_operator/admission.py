@@ -8,6 +8,7 @@ validates every job it reconciles with the same function (InvalidSpec), so a job
 the webhook was unreachable can never reach a pod.
 """
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,26 @@ WEBHOOK_ID = "validate-llmtrainingjob"
 UNPROCESSABLE = 422
 
 
+class _RejectionsAreNotErrors(logging.Filter):
+    """kopf logs a refused write as its handler failing (ERROR), and aiohttp every call: a
+    tenant's typo is not the operator's error, so those become INFO and the calls DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "aiohttp.access":
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        elif f"'{WEBHOOK_ID}' failed permanently" in record.getMessage():
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return logging.getLogger().isEnabledFor(record.levelno)
+
+
 def configure(operator: OperatorSettings) -> None:
     """Registers the webhook with kopf when the operator has a serving certificate.
     Called by main() before kopf starts."""
     if operator.webhook_cert_dir is None:
         return
     cert_dir = Path(operator.webhook_cert_dir)
+    for name in ("kopf.objects", "aiohttp.access"):
+        logging.getLogger(name).addFilter(_RejectionsAreNotErrors())
 
     def serve(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.admission.server = kopf.WebhookServer(
