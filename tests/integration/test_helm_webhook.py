@@ -187,7 +187,7 @@ def test_installed_webhook_refuses_invalid_jobs_and_keeps_its_certificate_on_upg
     with installed(helm, release, release_ns, values):
         assert values["webhook"]["url"].startswith("https://127.0.0.1:")
         wait_for(
-            lambda: refused(contradiction, "spec.deepspeed.gradient_accumulation_steps"),
+            lambda: refused(contradiction, "deepspeed.gradient_accumulation_steps"),
             timeout=60,
             what="the chart's webhook to refuse a contradiction",
         )
