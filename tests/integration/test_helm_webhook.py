@@ -70,6 +70,8 @@ def test_default_webhook_is_a_service_with_a_generated_ca_and_fails_open(
     assert service["spec"]["ports"] == [
         {"name": "webhook", "port": service_ref["port"], "targetPort": "webhook", "protocol": "TCP"}
     ]
+    # Not the operator's component label: the ServiceMonitor selects that one (metrics).
+    assert service["metadata"]["labels"]["app.kubernetes.io/component"] == "webhook"
     (secret,) = of_kind(docs, "Secret")
     assert webhook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
     for name in ("ca.crt", "tls.crt"):
