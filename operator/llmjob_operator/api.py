@@ -10,7 +10,16 @@ check it at admission; the pydantic validator stays the authority.
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from llmjob_trainer.config import (
     ApiModel,
@@ -56,8 +65,103 @@ QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 Quantity = int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
 
 
-def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+def _cel(*rules: tuple[str, str] | dict[str, str]) -> dict[str, Any]:
+    return {
+        "x-kubernetes-validations": [
+            rule if isinstance(rule, dict) else {"rule": rule[0], "message": rule[1]}
+            for rule in rules
+        ]
+    }
+
+
+def _immutable(field: str, what: str) -> dict[str, str]:
+    """A CEL transition rule: `field` may not be added, changed or removed by an update
+    (`fieldPath` makes the API server name spec.checkpoint.<field> in its error)."""
+    return {
+        "rule": f"has(self.{field}) == has(oldSelf.{field}) "
+        f"&& (!has(self.{field}) || self.{field} == oldSelf.{field})",
+        "message": f"checkpoint.{field} is immutable: {what}",
+        "fieldPath": f".{field}",
+        "reason": "FieldValueForbidden",
+    }
+
+
+class PassthroughPolicy(BaseModel):
+    """What the volumes and env passed through to workers may reference (operator settings).
+
+    The operator, not the job's author, creates the worker pods: a hostPath volume would give a
+    tenant the node's filesystem, and a Secret-backed volume or env var would hand workers a
+    Secret the author may not be allowed to read. Both are rejected unless the operator allows
+    them. Validation reads the policy from the pydantic context (`validate_job`); without one,
+    the defaults (both rejected) apply.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    allow_host_path: bool = False
+    allow_secrets: bool = False
+
+
+POLICY_CONTEXT_KEY = "passthroughPolicy"
+# Keys of core/v1 volume sources that reference a Secret object: secret and projected
+# sources[].secret mount one; the others (csi, flexVolume, cephfs, rbd, iscsi, azureFile,
+# scaleIO, storageos) hand one to the volume plugin.
+_SECRET_KEYS = frozenset(
+    {"secret", "secretRef", "secretName", "nodePublishSecretRef", "controllerPublishSecretRef"}
+)
+
+
+def _secret_references(node: Any, path: str) -> list[str]:
+    """Paths under `node` whose key names a Secret."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, child in node.items():
+            child_path = f"{path}.{key}"
+            if key in _SECRET_KEYS:
+                found.append(child_path)
+            else:
+                found += _secret_references(child, child_path)
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            found += _secret_references(child, f"{path}[{index}]")
+    return found
+
+
+def passthrough_violations(
+    volumes: list[dict[str, Any]], env: list[dict[str, Any]], policy: PassthroughPolicy
+) -> list[str]:
+    """What `policy` forbids in the volumes and env passed to workers, one message each."""
+    problems: list[str] = []
+    for index, volume in enumerate(volumes):
+        if "hostPath" in volume and not policy.allow_host_path:
+            problems.append(
+                f"volumes[{index}].hostPath: hostPath volumes are not allowed (they expose the "
+                "node's filesystem); the operator's --allow-host-path-volumes permits them"
+            )
+        if not policy.allow_secrets:
+            problems += [
+                f"{path}: volumes that reference a Secret are not allowed (the operator, not "
+                "you, creates the pods); the operator's --allow-secret-passthrough permits them"
+                for path in _secret_references(volume, f"volumes[{index}]")
+            ]
+    if not policy.allow_secrets:
+        for index, variable in enumerate(env):
+            value_from = variable.get("valueFrom")
+            if isinstance(value_from, dict) and "secretKeyRef" in value_from:
+                problems.append(
+                    f"env[{index}].valueFrom.secretKeyRef: env from a Secret is not allowed (the "
+                    "operator, not you, creates the pods); the operator's "
+                    "--allow-secret-passthrough permits it"
+                )
+    return problems
+
+
+def _policy(info: ValidationInfo) -> PassthroughPolicy:
+    context = info.context
+    if isinstance(context, dict) and isinstance(context.get(POLICY_CONTEXT_KEY), PassthroughPolicy):
+        policy: PassthroughPolicy = context[POLICY_CONTEXT_KEY]
+        return policy
+    return PassthroughPolicy()
 
 
 class ResourceSpec(ApiModel):
@@ -90,6 +194,12 @@ class CheckpointSpec(ApiModel):
                 "set exactly one of checkpoint.claimName (an existing PVC) and checkpoint.size "
                 "(a PVC the operator creates)",
             ),
+            # Where the committed checkpoints are: changing it would strand them (a running
+            # gang keeps the old volume; the next attempt would resume from nothing).
+            _immutable("claimName", "the job's checkpoints are on that claim"),
+            _immutable("size", "the claim was created with it (resize the PVC itself)"),
+            _immutable("storageClassName", "the claim was created with it"),
+            _immutable("mountPath", "resuming workers look for checkpoints there"),
         )
     )
 
@@ -425,7 +535,7 @@ class LLMTrainingJobSpec(ApiModel):
         return self.workers * self.slots_per_worker
 
     @model_validator(mode="after")
-    def _consistent(self) -> Self:
+    def _consistent(self, info: ValidationInfo) -> Self:
         if self.gpus_per_worker > 0 and self.procs_per_worker not in (None, self.gpus_per_worker):
             raise ValueError(
                 f"procsPerWorker ({self.procs_per_worker}) applies only when gpusPerWorker is 0; "
@@ -436,6 +546,9 @@ class LLMTrainingJobSpec(ApiModel):
         self.training.check_world_size(self.world_size)
         deepspeed_config(self.training, self.world_size, self.deepspeed)
         self._check_passthrough()
+        problems = passthrough_violations(self.volumes, self.env, _policy(info))
+        if problems:
+            raise ValueError("; ".join(problems))
         self.run_config(job_name="validation")
         return self
 
@@ -449,7 +562,7 @@ class LLMTrainingJobSpec(ApiModel):
         known = set(volume_names)
         for index, mount in enumerate(self.volume_mounts):
             name = mount.get("name")
-            if name not in known:
+            if not isinstance(name, str) or name not in known:
                 raise ValueError(f"volumeMounts[{index}].name {name!r} matches no entry in volumes")
             path = mount.get("mountPath")
             if not isinstance(path, str) or not path.startswith("/"):
@@ -609,3 +722,33 @@ class LLMTrainingJob(ApiModel):
     metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: LLMTrainingJobSpec = Field(description="What to train and how to run it.")
     status: LLMTrainingJobStatus | None = Field(default=None, description="Observed state.")
+
+
+def validate_job(body: dict[str, Any], policy: PassthroughPolicy) -> LLMTrainingJob:
+    """The whole job under the operator's passthrough policy: what admission and the operator
+    both decide with. Raises pydantic's ValidationError."""
+    return LLMTrainingJob.model_validate(body, context={POLICY_CONTEXT_KEY: policy})
+
+
+def explain_validation_error(error: ValidationError) -> str:
+    """`spec.training.seqLen: ...` lines: the field first, then what is wrong with it."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()
+    )
+
+
+def admission_verdict(
+    body: dict[str, Any], old: dict[str, Any] | None, policy: PassthroughPolicy
+) -> str | None:
+    """Why the API server should refuse this write, or None to admit it.
+
+    An update that leaves the spec alone (labels, annotations, finalizers, deletion) is always
+    admitted: a job admitted under an older operator or policy must stay deletable and labelable.
+    """
+    if old is not None and old.get("spec") == body.get("spec"):
+        return None
+    try:
+        validate_job(body, policy)
+    except ValidationError as error:
+        return explain_validation_error(error)
+    return None

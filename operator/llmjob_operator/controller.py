@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from llmjob_operator import metrics
-from llmjob_operator.api import LLMTrainingJob, LLMTrainingJobStatus
+from llmjob_operator.api import LLMTrainingJobStatus, explain_validation_error, validate_job
 from llmjob_operator.kube import ConflictError, ForeignObjectError, GoneError, Kube
 from llmjob_operator.observe import NodeHealth, Observed, WorkerState, parse_time, worker_state
 from llmjob_operator.policy import set_condition
@@ -136,10 +136,10 @@ class Controller:
         status = LLMTrainingJobStatus.model_validate(body.get("status") or {})
         generation = int(body["metadata"].get("generation", 1))
         try:
-            job = LLMTrainingJob.model_validate(body)
+            job = validate_job(body, self.settings.passthrough)
         except ValidationError as error:
             self.progress.watch(key, None)
-            invalid = plan_invalid(status, generation, _explain(error), now)
+            invalid = plan_invalid(status, generation, explain_validation_error(error), now)
             self._execute(kube, key, body, status, invalid, now)
             return Outcome()
         ref = JobRef(name=key[1], namespace=key[0], uid=body["metadata"]["uid"])
@@ -304,15 +304,6 @@ def _clear_reconcile_error(status: LLMTrainingJobStatus) -> LLMTrainingJobStatus
 def _dump(status: LLMTrainingJobStatus) -> dict[str, Any]:
     dumped: dict[str, Any] = status.model_dump(mode="json", by_alias=True)
     return dumped
-
-
-def _explain(error: ValidationError) -> str:
-    """`spec.training.seqLen: ...` lines: the field first, then what is wrong with it."""
-    lines = []
-    for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"])
-        lines.append(f"{location}: {item['msg']}")
-    return "; ".join(lines)
 
 
 def _api_message(error: ApiException) -> str:

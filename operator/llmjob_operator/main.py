@@ -5,7 +5,7 @@ import sys
 
 import kopf
 
-from llmjob_operator import handlers
+from llmjob_operator import admission, handlers
 from llmjob_operator.settings import parse_settings
 
 
@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     handlers.configure(settings)
+    admission.configure(settings)
     kopf.run(
         standalone=settings.peering is None,
         peering_name=settings.peering,

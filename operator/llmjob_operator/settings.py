@@ -2,7 +2,9 @@
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from llmjob_operator.api import PassthroughPolicy
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,12 @@ class OperatorSettings:
     progress_concurrency: int = 4
     progress_deadline_seconds: float = 5.0
     progress_max_bytes: int = 1 << 20
+    passthrough: PassthroughPolicy = field(default_factory=PassthroughPolicy)
+    """hostPath and Secret-backed volumes/env in job specs: rejected unless allowed."""
+    webhook_cert_dir: str | None = None
+    """Directory with tls.crt and tls.key: serves the validating webhook; None serves none."""
+    webhook_address: str = "0.0.0.0"
+    webhook_port: int = 9443
 
 
 def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
@@ -104,6 +112,7 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         int,
         "largest /metrics body read",
     )
+    _admission_arguments(parser, env)
     args = parser.parse_args(argv)
     return OperatorSettings(
         namespaces=tuple(args.namespace),
@@ -121,4 +130,36 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         progress_concurrency=args.progress_concurrency,
         progress_deadline_seconds=args.progress_deadline,
         progress_max_bytes=args.progress_max_bytes,
+        passthrough=PassthroughPolicy(
+            allow_host_path=args.allow_host_path_volumes,
+            allow_secrets=args.allow_secret_passthrough,
+        ),
+        webhook_cert_dir=args.webhook_cert_dir,
+        webhook_address=args.webhook_address,
+        webhook_port=args.webhook_port,
+    )
+
+
+def _admission_arguments(parser: argparse.ArgumentParser, env: os._Environ[str]) -> None:
+    parser.add_argument(
+        "--allow-host-path-volumes",
+        action="store_true",
+        default=env.get("LLMJOB_ALLOW_HOST_PATH_VOLUMES") == "true",
+        help="accept hostPath volumes in job specs (default: rejected)",
+    )
+    parser.add_argument(
+        "--allow-secret-passthrough",
+        action="store_true",
+        default=env.get("LLMJOB_ALLOW_SECRET_PASSTHROUGH") == "true",
+        help="accept Secret-backed volumes and env (secretKeyRef) in job specs (default: rejected)",
+    )
+    parser.add_argument(
+        "--webhook-cert-dir",
+        default=env.get("LLMJOB_WEBHOOK_CERT_DIR") or None,
+        help="serve the validating admission webhook with tls.crt and tls.key from this "
+        "directory (reloaded when they change); default: no webhook",
+    )
+    parser.add_argument("--webhook-address", default=env.get("LLMJOB_WEBHOOK_ADDRESS", "0.0.0.0"))
+    parser.add_argument(
+        "--webhook-port", type=int, default=int(env.get("LLMJOB_WEBHOOK_PORT", "9443"))
     )

@@ -70,8 +70,16 @@ def install_monitoring_crds(kubectl: list[str]) -> None:
 
 def operator_values(**values: Any) -> dict[str, Any]:
     """Values for an install on the local cluster: pods share the host's network, so the
-    operator's ports must be free ones, not the defaults another operator may hold."""
-    return {"metricsPort": free_port(), "healthPort": free_port(), **values}
+    operator's ports must be free ones, not the defaults another operator may hold. The
+    API server calls the webhook at 127.0.0.1: no EndpointSlice takes a loopback pod IP, so
+    the chart's default (the Service) has no endpoint here."""
+    port = free_port()
+    webhook = {
+        "port": port,
+        "url": f"https://127.0.0.1:{port}/validate-llmtrainingjob",
+        **values.pop("webhook", {}),
+    }
+    return {"metricsPort": free_port(), "healthPort": free_port(), "webhook": webhook, **values}
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ class OperatorProcess:
         log_path: Path,
         progress_interval: float = 2.0,
         extra_args: tuple[str, ...] = (),
+        webhook_cert_dir: Path | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
@@ -35,6 +36,10 @@ class OperatorProcess:
         self.extra_args = extra_args
         self.metrics_port = free_port()
         self.health_port = free_port()
+        # With a certificate directory (tls.crt, tls.key), it serves the admission webhook
+        # on 127.0.0.1:webhook_port (tests.integration.webhook configures the API server).
+        self.webhook_cert_dir = webhook_cert_dir
+        self.webhook_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,6 +62,12 @@ class OperatorProcess:
             "--default-image=llmjob/trainer:test",
             *self.extra_args,
         ]
+        if self.webhook_cert_dir is not None:
+            command += [
+                f"--webhook-cert-dir={self.webhook_cert_dir}",
+                "--webhook-address=127.0.0.1",
+                f"--webhook-port={self.webhook_port}",
+            ]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
         self.wait_healthy()

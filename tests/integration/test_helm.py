@@ -229,6 +229,8 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         ({"containerSecurityContext": {"privileged": True}}, "/containerSecurityContext"),
         ({"prometheusRule": {"stalled": {"window": "ten minutes"}}}, "/prometheusRule/stalled"),
         ({"tolerations": [{"key": "gpu", "effect": "Sometimes"}]}, "/tolerations/0/effect"),
+        ({"webhook": {"failurePolicy": "Sometimes"}}, "/webhook/failurePolicy"),
+        ({"specPolicy": {"allowHostPath": True}}, "'allowHostPath' not allowed"),
     ],
     ids=lambda v: "" if isinstance(v, dict) else v,
 )
@@ -319,14 +321,13 @@ def assert_nothing_left(kubectl: list[str], release: str, release_ns: str) -> No
     selector = f"app.kubernetes.io/instance={release}"
     deadline = time.monotonic() + 60
     kinds = (
-        "deployments,replicasets,pods,services,serviceaccounts,configmaps,roles,"
+        "deployments,replicasets,pods,services,serviceaccounts,configmaps,secrets,roles,"
         "rolebindings,networkpolicies"
     )
+    cluster_kinds = "clusterroles,clusterrolebindings,validatingwebhookconfigurations"
     while True:
         left = kubectl_json(kubectl, "get", kinds, "-A", "-l", selector)["items"]
-        left += kubectl_json(kubectl, "get", "clusterroles,clusterrolebindings", "-l", selector)[
-            "items"
-        ]
+        left += kubectl_json(kubectl, "get", cluster_kinds, "-l", selector)["items"]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(1)

@@ -159,8 +159,12 @@ def test_a_job_recreated_under_an_old_name_trains_anew_with_its_own_pods(
         timeout=60,
     )
     assert blocked.get("phase") != "Succeeded"
+    # Orphaning also left the Service and ConfigMap ownerless: the owner of the leftovers
+    # removes them all, and the job goes on by itself.
     for name in leftovers:
         jobs.core.delete_namespaced_pod(name, jobs.namespace, grace_period_seconds=0)
+    jobs.core.delete_namespaced_service("again", jobs.namespace)
+    jobs.core.delete_namespaced_config_map("again-config", jobs.namespace)
     done = jobs.wait_phase("again", "Succeeded", timeout=240)
     assert (done["attempt"], done["restarts"]) == (1, 0)
     owners = {p.metadata.name: p.metadata.owner_references[0].uid for p in jobs.pods("again")}

@@ -71,3 +71,12 @@ matchExpressions:
   - key: training.llmjob.dev/job-name
     operator: Exists
 {{- end -}}
+
+{{/* The webhook's Service and the Secret holding its serving certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "llmjob.webhookServiceName" -}}
+{{- printf "%s-webhook" (include "llmjob.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "llmjob.webhookSecretName" -}}
+{{- printf "%s-webhook-tls" (include "llmjob.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
