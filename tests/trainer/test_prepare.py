@@ -22,7 +22,8 @@ def write_jsonl(path: Path, texts: list[str], field: str = "text") -> Path:
 
 def tokens(path: Path) -> list[int]:
     header = read_header(path, None)
-    return np.fromfile(path, dtype=header.dtype).tolist()
+    values: list[int] = np.fromfile(path, dtype=header.dtype).tolist()
+    return values
 
 
 DOCS = [f"document {i}: " + "héllo wörld " * (i % 7) for i in range(40)]

@@ -46,7 +46,7 @@ def peak_flops_per_second(
     return PEAK_FLOPS.get(device_name)
 
 
-def parameter_count(parameter: torch.nn.Parameter) -> int:
+def parameter_count(parameter: torch.Tensor) -> int:
     """Elements of a parameter, also when ZeRO-3 has partitioned it to an empty tensor."""
     return int(getattr(parameter, "ds_numel", parameter.numel()))
 
@@ -59,7 +59,7 @@ def compute_parameters(model: Any) -> int:
     """
     output = model.get_output_embeddings()
     head = output.weight if output is not None else None
-    lookups = sum(
+    lookups: int = sum(
         parameter_count(module.weight)
         for module in model.modules()
         if isinstance(module, torch.nn.Embedding) and module.weight is not head

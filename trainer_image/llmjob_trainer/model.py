@@ -1,8 +1,9 @@
 """The causal language model: a named preset built from its config, or a Hugging Face model.
 
 Built in the training dtype. Under ZeRO-3 every parameter is partitioned as it is
-created (deepspeed.zero.Init, through transformers' HfDeepSpeedConfig) and pretrained
-weights load straight into the partitions, so no rank ever holds the whole model.
+created (transformers' own deepspeed.zero.Init path, which also initialises weights one
+gathered module at a time) and pretrained weights load straight into the partitions, so
+no rank ever holds the whole model.
 """
 
 from functools import partial
@@ -10,6 +11,10 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers.integrations.deepspeed import (
+    set_hf_deepspeed_config,
+    unset_hf_deepspeed_config,
+)
 
 from llmjob_trainer.config import ModelConfig
 from llmjob_trainer.errors import ConfigError
@@ -33,7 +38,9 @@ def build_model(
     torch.manual_seed(seed)
     zero3 = ds_config is not None and ds_config["zero_optimization"]["stage"] == 3
     # transformers holds only a weak reference: this one must live through the build.
-    hf_deepspeed_config = _zero3_build_context(ds_config) if zero3 else None
+    zero3_config = ZeRO3Config(ds_config) if zero3 and ds_config is not None else None
+    if zero3_config is not None:
+        set_hf_deepspeed_config(zero3_config)  # type: ignore[no-untyped-call]
     model: PreTrainedModel
     try:
         if spec.preset is not None:
@@ -52,25 +59,29 @@ def build_model(
     except (OSError, TypeError, ValueError) as err:
         raise ConfigError(f"cannot build the model from model {_describe(spec)}: {err}") from err
     finally:
-        del hf_deepspeed_config
+        if zero3_config is not None:
+            unset_hf_deepspeed_config()  # type: ignore[no-untyped-call]
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable()  # type: ignore[no-untyped-call]
     # DeepSpeed hooks (loss scaling, ZeRO-3 gathering) only what its engine's forward
     # computes, and the engine's module must stay the Hugging Face model (checkpoints,
     # export): so the chunked loss is the model's forward, engine(input_ids, targets).
-    model.forward = partial(causal_lm_forward, model)  # type: ignore[method-assign]
+    model.forward = partial(causal_lm_forward, model)
     return model
 
 
-def _zero3_build_context(ds_config: dict[str, Any] | None) -> Any:
-    from transformers.integrations import HfDeepSpeedConfig
+class ZeRO3Config:
+    """What transformers asks of the DeepSpeed config while it builds a model under ZeRO-3.
 
-    return HfDeepSpeedConfig(ds_config)
+    Its HfDeepSpeedConfig answers the same two questions but requires accelerate, which
+    the trainer does not otherwise need.
+    """
 
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
 
-def is_partitioned(model: torch.nn.Module) -> bool:
-    """Whether ZeRO-3 partitioned the parameters at construction."""
-    return all(hasattr(p, "ds_id") for p in model.parameters())
+    def is_zero3(self) -> bool:
+        return True
 
 
 def _describe(spec: ModelConfig) -> str:
