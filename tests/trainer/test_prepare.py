@@ -12,7 +12,7 @@ from llmjob_trainer.data import TokenHeader, read_header, resolve_tokenizer
 from llmjob_trainer.errors import ConfigError
 from llmjob_trainer.prepare import BYTE_EOS, Source, byte_encoder, byte_level_tokenizer, prepare
 
-from .conftest import trainer_env
+from .conftest import Trainer, train_command, trainer_env, write_config
 
 
 def write_jsonl(path: Path, texts: list[str], field: str = "text") -> Path:
@@ -133,3 +133,22 @@ def test_prepare_memory_stays_flat_as_the_corpus_grows(tmp_path: Path) -> None:
         small, large = peaks[f"small{process}"], peaks[f"large{process}"]
         assert large <= max(small * 1.25, small + 16 * 1024), peaks
     print(f"prepare peak RSS (KiB) for ~3 MB and ~24 MB of text: {peaks}")
+
+
+@pytest.mark.slow
+def test_the_trainer_refuses_a_missing_tokenizer_at_start_up_with_exit_2(
+    tmp_path: Path, token_data: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.bin", "val.bin"):
+        (data / name).write_bytes((token_data / name).read_bytes())
+        header = json.loads((token_data / f"{name}.json").read_text())
+        header["tokenizer"] = "/machine/that/ran/prepare/tokenizer"  # as prepare once wrote
+        (data / f"{name}.json").write_text(json.dumps(header))
+    config = write_config(tmp_path, data)
+    trainer = Trainer(train_command(config), trainer_env(), tmp_path / "run.log")
+    assert trainer.wait(timeout=300) == 2, trainer.output()[-3000:]
+    assert "invalid configuration" in trainer.output()
+    assert "/machine/that/ran/prepare/tokenizer" in trainer.output()
+    assert not (tmp_path / "checkpoints").exists()  # refused before any training
