@@ -238,6 +238,11 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
     # Before the engine partitions it: ZeRO-3 leaves each rank a flat shard.
     model = build_model(run.model, training.seed, TRAINING_DTYPES[training.precision], ds_config)
     compute_params = compute_parameters(model)
+    log.info(
+        "host memory: the model build peaked %.0f MB over the %.0f MB before it (ZeRO-%d)",
+        (peak_rss_bytes() - rss_before_model) / 2**20, rss_before_model / 2**20,
+        training.zero_stage,
+    )  # fmt: skip
     parameters = sum(parameter_count(p) for p in model.parameters())
     data_vocab = train_windows.header.vocab_size
     if data_vocab is not None and data_vocab > vocab_size(model):
