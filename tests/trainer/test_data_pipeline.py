@@ -14,6 +14,7 @@ from llmjob_trainer.data import (
     write_tokens,
 )
 from llmjob_trainer.errors import DataError
+from llmjob_trainer.fabric import nccl_transport
 from llmjob_trainer.launch import core_binding, launcher_command
 
 
@@ -72,3 +73,18 @@ def test_cores_are_bound_to_ranks_only_when_asked_and_only_within_the_pods_cores
     command = launcher_command(Path("h"), 0, "a", 1, ["-m", "llmjob_trainer.train"], binding)
     assert command[command.index("--bind_core_list") + 1] == "8,9,10,11"
     assert command.index("--bind_cores_to_rank") < command.index("--module")
+
+
+def test_nccls_transport_choice_is_read_from_its_debug_log() -> None:
+    log = (
+        "node-0:123:456 [0] NCCL INFO NET/IB : Using [0]mlx5_0:1/IB [1]mlx5_1:1/IB\n"
+        "node-0:123:456 [0] NCCL INFO Using network IB\n"
+        "node-0:123:456 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/CUMEM/read\n"
+        "node-0:123:456 [0] NCCL INFO Channel 01/0 : 0[0] -> 1[1] via P2P/CUMEM/read\n"
+    )
+    assert nccl_transport(log) == "IB; intra-node P2P/CUMEM"
+    fallback = (
+        "x NCCL INFO NET/Socket : Using [0]eth0:10.0.0.1<0>\nx NCCL INFO Using network Socket\n"
+    )
+    assert nccl_transport(fallback) == "Socket"
+    assert nccl_transport("") == "no network"
