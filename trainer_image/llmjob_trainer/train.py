@@ -353,11 +353,11 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
         compute_seconds = time.perf_counter() - step_started
         # One collective per step: every rank's loss, SIGTERM vote and step time.
         flag = float(stop.requested)
-        mine = torch.stack(
-            [loss_sum / len(micro_steps), torch.tensor(flag), torch.tensor(compute_seconds)]
-        )
+        # On the loss's device (NCCL gathers device tensors only).
+        on_device = [loss_sum.new_tensor(flag), loss_sum.new_tensor(compute_seconds)]
+        mine = torch.stack([loss_sum / len(micro_steps), *on_device])
         ranks = [torch.zeros_like(mine) for _ in range(world_size)]
-        dist.all_gather(ranks, mine.to(engine.device))
+        dist.all_gather(ranks, mine)
         summary = torch.stack(ranks).cpu()
         loss_mean, stop_votes = summary[:, 0].mean().item(), summary[:, 1].sum().item()
         step_seconds = time.perf_counter() - step_started
