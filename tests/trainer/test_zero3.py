@@ -7,6 +7,7 @@ DeepSpeed's initialize and the first optimizer step (when AdamW allocates its mo
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -31,17 +32,17 @@ def run_ranks(
     directory: Path,
     token_data: Path,
     trainers: list[Trainer],
-    model: dict[str, object],
-    deepspeed: dict[str, object] | None = None,
+    model: Mapping[str, object],
+    deepspeed: Mapping[str, object] | None = None,
     **training: object,
 ) -> str:
     directory.mkdir()
     config = write_config(directory, token_data, **training)
     run = json.loads(config.read_text())
-    run["model"] = model
+    run["model"] = dict(model)
     config.write_text(json.dumps(run))
     if deepspeed is not None:  # llmjob-launch passes the ds_config.json beside the hostfile
-        (directory / "ds_config.json").write_text(json.dumps(deepspeed))
+        (directory / "ds_config.json").write_text(json.dumps(dict(deepspeed)))
     hostfile = directory / "hostfile"
     hostfile.write_text(f"127.0.0.1 slots={WORLD}\n")
     command = launch_command(hostfile, config, "127.0.0.1", free_port())
