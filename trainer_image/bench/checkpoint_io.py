@@ -36,7 +36,7 @@ def main() -> None:
         model=model, optimizer=make_optimizer(model, training), config=deepspeed_config(training, 1)
     )
     tokens = torch.randint(0, 256, (1, 33), device=engine.device)
-    loss = engine(input_ids=tokens[:, :-1], labels=tokens[:, 1:]).loss
+    loss = engine(input_ids=tokens[:, :-1], targets=tokens[:, 1:])
     engine.backward(loss)
     engine.step()  # the optimizer now has its moments: the checkpoint is full size
     with tempfile.TemporaryDirectory(

@@ -1,8 +1,9 @@
 """`make bench-gpu`: bf16 tokens/s and MFU of llmjob-train for gpt2-124m and llama-1b.
 
 One process on one GPU, ZeRO-1, random tokens (throughput does not depend on the text).
-The trainer computes MFU itself (6N + attention FLOPs per token against the device's
-dense bf16 peak); this prints the median of its log intervals after the first.
+The trainer computes MFU itself (6N + attention FLOPs per token, embedding lookups
+excluded, against the exact device name's dense bf16 peak, or LLMJOB_PEAK_FLOPS);
+this prints the median of its log intervals after the first.
 Without CUDA it says so and exits 0.
 """
 
@@ -76,7 +77,7 @@ def bench(preset: str, directory: Path, compile_model: bool) -> tuple[float, flo
 
 def main() -> None:
     if not torch.cuda.is_available():
-        print("bench-gpu: no CUDA device here; nothing measured")
+        print("bench-gpu: NOT RUN: no CUDA device on this machine, so no GPU figure was measured")
         return
     compile_model = "--compile" in sys.argv
     print(f"device: {torch.cuda.get_device_name()}, bf16, ZeRO-1, compile={compile_model}")

@@ -1,8 +1,13 @@
-"""`make bench`: our trainer's tokens/s against a bare DeepSpeed loop, and checkpoint I/O.
+"""`make bench`: prepare throughput, our trainer's tokens/s against a bare DeepSpeed loop,
+and checkpoint I/O.
 
 Both loops run the same train.json (model, data, DeepSpeed config) as single processes,
-alternating, BENCH_ROUNDS times each; the figure per run is the median of its
-per-interval tokens/s after the first interval (warmup). Prints figures; asserts nothing.
+alternating, BENCH_ROUNDS times each. Both are timed the same way, by this script's
+clock: each prints a line when step WARMUP_STEPS and when its last step is done (after
+a device sync), and the run's tokens/s is the tokens of the steps between over the time
+between the two lines' arrival. So both sides cover the same steps with the same warm-up
+excluded, and neither side's own timing or logging enters the figure. Prints figures;
+asserts nothing.
 """
 
 import json
@@ -13,12 +18,26 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from llmjob_trainer.prepare import prepare
 
 HERE = Path(__file__).resolve().parent
-TOKENS_PER_SECOND = re.compile(r"\| (\d+) tok/s")
+# "step 5/20 | loss ..." (llmjob-train) or "bare step 5 | ..." (the bare loop).
+STEP_DONE = re.compile(r"(?:^|\s)step (\d+)(?:/| \|)")
+WARMUP_STEPS = 5
+PREPARE_PEAK = """
+import resource, sys, time
+from pathlib import Path
+from llmjob_trainer.prepare import prepare
+started = time.perf_counter()
+counts = prepare([Path(sys.argv[1])], Path(sys.argv[2]), None, 0.01, None, workers=int(sys.argv[3]))
+seconds = time.perf_counter() - started
+main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(sum(counts.values()), seconds, main, worker)
+"""
 
 
 def free_port() -> int:
@@ -55,7 +74,8 @@ def write_config(directory: Path, data: Path, steps: int, interval: int) -> Path
     return path
 
 
-def tokens_per_second(command: list[str]) -> float:
+def tokens_per_second(command: list[str], steps: int, tokens_per_step: int) -> float:
+    """Tokens/s between the end of step WARMUP_STEPS and the end of the last step."""
     env = {
         **os.environ,
         # One thread: on a shared machine two OpenMP threads stall whenever either one is
@@ -67,36 +87,77 @@ def tokens_per_second(command: list[str]) -> float:
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(free_port()),
     }
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    rates = [float(m.group(1)) for m in TOKENS_PER_SECOND.finditer(result.stdout + result.stderr)]
-    return statistics.median(rates[1:])
+    env["PYTHONUNBUFFERED"] = "1"
+    arrived: dict[int, float] = {}
+    lines: list[str] = []
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            match = STEP_DONE.search(line)
+            if match and int(match.group(1)) in (WARMUP_STEPS, steps):
+                arrived.setdefault(int(match.group(1)), time.monotonic())
+    if process.returncode != 0 or len(arrived) != 2:
+        raise SystemExit(f"{command} exited {process.returncode}:\n{''.join(lines[-40:])}")
+    seconds = arrived[steps] - arrived[WARMUP_STEPS]
+    return tokens_per_step * (steps - WARMUP_STEPS) / seconds
+
+
+def bench_prepare(directory: Path) -> None:
+    """Tokens/s and peak memory of llmjob-prepare (byte-level) over this Python's stdlib."""
+    stdlib = Path(os.__file__).parent
+    for workers in (1, 2):
+        out = directory / f"prepared-{workers}"
+        result = subprocess.run(
+            [sys.executable, "-c", PREPARE_PEAK, str(stdlib), str(out), str(workers)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        tokens, seconds, main_kib, worker_kib = result.stdout.split()
+        print(
+            f"prepare (stdlib, byte-level, {workers} worker{'s' if workers > 1 else ''}): "
+            f"{int(tokens):,} tokens in {float(seconds):.1f} s = "
+            f"{int(tokens) / float(seconds):,.0f} tokens/s; peak RSS main "
+            f"{int(main_kib) / 1024:.0f} MiB, worker {int(worker_kib) / 1024:.0f} MiB",
+            flush=True,
+        )
 
 
 def main() -> None:
-    steps, interval = int(os.environ.get("BENCH_STEPS", "20")), 5
+    steps, interval = int(os.environ.get("BENCH_STEPS", "20")), WARMUP_STEPS
     with tempfile.TemporaryDirectory(prefix="llmjob-bench-") as scratch:
         directory = Path(scratch)
+        bench_prepare(directory)
         stdlib = Path(os.__file__).parent
         prepare([stdlib], directory / "data", None, 0.0, 4_000_000)
         config = write_config(directory, directory / "data", steps, interval)
         ours_cmd = [sys.executable, "-m", "llmjob_trainer.train", "--config", str(config)]
         bare_cmd = [sys.executable, str(HERE / "bare_deepspeed.py"), str(config)]
+        run = json.loads(config.read_text())["training"]
+        tokens_per_step = (
+            run["microBatchSize"] * run.get("gradientAccumulationSteps", 1) * run["seqLen"]
+        )
         ours, bare = [], []
         for attempt in range(int(os.environ.get("BENCH_ROUNDS", "5"))):
-            ours.append(tokens_per_second(ours_cmd))
-            bare.append(tokens_per_second(bare_cmd))
+            # Alternate which side goes first, so a drift in load favours neither.
+            first, second = (ours_cmd, bare_cmd) if attempt % 2 == 0 else (bare_cmd, ours_cmd)
+            rates = {id(c): tokens_per_second(c, steps, tokens_per_step) for c in (first, second)}
+            ours.append(rates[id(ours_cmd)])
+            bare.append(rates[id(bare_cmd)])
             print(
                 f"run {attempt + 1}: llmjob-train {ours[-1]:.0f}, bare {bare[-1]:.0f} tok/s",
                 flush=True,
             )
         print(f"tokens/s  llmjob-train: {' '.join(f'{r:.0f}' for r in ours)}")
         print(f"tokens/s  bare DeepSpeed: {' '.join(f'{r:.0f}' for r in bare)}")
-        # Other load on the machine only ever slows a run down: the best run of each loop is
-        # the least disturbed estimate of what it can do.
         # Load drifts between rounds, so each round's adjacent pair is the fair comparison.
-        rounds = [o / b for o, b in zip(ours, bare, strict=True)]
-        print(f"ratio, median of rounds: {statistics.median(rounds):.3f}")
-        print(f"ratio, best runs:        {max(ours) / max(bare):.3f}")
+        rounds = sorted(o / b for o, b in zip(ours, bare, strict=True))
+        print(f"ratio per round: {' '.join(f'{r:.3f}' for r in rounds)}")
+        print(
+            f"ratio, median of rounds: {statistics.median(rounds):.3f} "
+            f"(spread {rounds[0]:.3f}..{rounds[-1]:.3f})"
+        )
     subprocess.run([sys.executable, str(HERE / "checkpoint_io.py")], check=True)
 
 

@@ -246,11 +246,79 @@ _GENERATED_FROM: dict[str, str] = {
     "bf16.enabled": "training.precision",
     "fp16.enabled": "training.precision",
 }
-# The trainer builds AdamW and the warmup+cosine schedule itself, so it can checkpoint and
-# resume them exactly; a DeepSpeed-built optimizer would bypass training.learningRate.
-_RESERVED_DEEPSPEED_KEYS = {
-    "optimizer": "the trainer builds AdamW from training.learningRate/weightDecay/adamBeta*",
+
+# Any value: a leaf the trainer passes to DeepSpeed as it is.
+ANY = None
+# Offload targets the trainer supports; NVMe needs aio paths the pods do not mount.
+_OFFLOAD = {"device": ("cpu", "none"), "pin_memory": ANY}
+
+# The DeepSpeed keys the trainer understands (an allow list): a nested key names its
+# sub-keys; a leaf is ANY or the tuple of values allowed. Everything else is rejected,
+# because a DeepSpeed feature the loop was not written for breaks it silently.
+ALLOWED_DEEPSPEED_KEYS: dict[str, Any] = {
+    "train_batch_size": ANY,
+    "train_micro_batch_size_per_gpu": ANY,
+    "gradient_accumulation_steps": ANY,
+    "gradient_clipping": ANY,
+    "steps_per_print": ANY,
+    "wall_clock_breakdown": ANY,
+    "memory_breakdown": ANY,
+    "prescale_gradients": ANY,
+    "gradient_predivide_factor": ANY,
+    "communication_data_type": ("fp32", "fp16", "bf16"),
+    "data_types": {"grad_accum_dtype": ("fp32", "fp16", "bf16")},
+    "bf16": {"enabled": ANY, "immediate_grad_update": ANY},
+    "fp16": {
+        "enabled": ANY,
+        "loss_scale": ANY,
+        "initial_scale_power": ANY,
+        "loss_scale_window": ANY,
+        "hysteresis": ANY,
+        "consecutive_hysteresis": ANY,
+        "min_loss_scale": ANY,
+    },
+    "zero_optimization": {
+        "stage": ANY,
+        "overlap_comm": ANY,
+        "contiguous_gradients": ANY,
+        "reduce_scatter": ANY,
+        "reduce_bucket_size": ANY,
+        "allgather_partitions": ANY,
+        "allgather_bucket_size": ANY,
+        "round_robin_gradients": ANY,
+        "sub_group_size": ANY,
+        "stage3_prefetch_bucket_size": ANY,
+        "stage3_param_persistence_threshold": ANY,
+        "stage3_max_live_parameters": ANY,
+        "stage3_max_reuse_distance": ANY,
+        "stage3_gather_16bit_weights_on_model_save": ANY,
+        "offload_optimizer": _OFFLOAD,
+        "offload_param": _OFFLOAD,
+    },
+    "comms_logger": {"enabled": ANY, "verbose": ANY, "prof_all": ANY, "debug": ANY},
+    "flops_profiler": {
+        "enabled": ANY,
+        "profile_step": ANY,
+        "module_depth": ANY,
+        "top_modules": ANY,
+        "detailed": ANY,
+    },
+}
+# Why well-known keys are refused: the message says what to do instead.
+_REFUSED_BECAUSE: dict[str, str] = {
+    "optimizer": "the trainer builds AdamW from training.learningRate/weightDecay/adamBeta* "
+    "(DeepSpeedCPUAdam when zero_optimization.offload_optimizer.device is cpu)",
     "scheduler": "the trainer builds warmup + cosine from training.warmupSteps/minLearningRate",
+    "checkpoint": "the trainer commits checkpoints itself (manifest after every rank's write); "
+    "a decoupled writer would race the manifest",
+    "tensor_parallel": "every rank is a data-parallel rank: tensor parallelism contradicts "
+    "the batch arithmetic and the sampler",
+    "sequence_parallel_size": "every rank is a data-parallel rank: sequence parallelism "
+    "contradicts the batch arithmetic and the sampler",
+    "pipeline": "the trainer runs no pipeline-parallel schedule",
+    "elasticity": "the operator sets the world size; DeepSpeed elasticity would change the batch",
+    "amp": "precision is training.precision (bf16/fp16 through DeepSpeed)",
+    "zero_optimization.offload_param": "parameter offload applies only at ZeRO stage 3",
 }
 
 
@@ -267,12 +335,21 @@ def generated_deepspeed_config(training: TrainConfig, world_size: int) -> dict[s
     }
 
 
-# Defaults a user may override freely: the trainer prints its own log line, and
-# DeepSpeed's would interleave with it.
-_OVERRIDABLE_DEFAULTS: dict[str, Any] = {
-    "steps_per_print": 2**31 - 1,
-    "wall_clock_breakdown": False,
-}
+def overridable_defaults(training: TrainConfig) -> dict[str, Any]:
+    """Defaults a user's DeepSpeed keys may replace.
+
+    The trainer prints its own log line (DeepSpeed's would interleave with it). Under
+    bf16, gradients are reduced across ranks in fp32 and, where DeepSpeed supports it
+    (ZeRO 1-3; outside ZeRO it requires the model dtype), accumulated across micro-steps
+    in fp32, as Megatron and torchtitan do: DeepSpeed's default sums them in bf16, which
+    loses the low bits of small gradients.
+    """
+    defaults: dict[str, Any] = {"steps_per_print": 2**31 - 1, "wall_clock_breakdown": False}
+    if training.precision == "bf16":
+        defaults["communication_data_type"] = "fp32"
+        if training.zero_stage > 0:
+            defaults["data_types"] = {"grad_accum_dtype": "fp32"}
+    return defaults
 
 
 def deepspeed_config(
@@ -280,16 +357,63 @@ def deepspeed_config(
 ) -> dict[str, Any]:
     """Generated config with the user's raw DeepSpeed keys merged over it.
 
-    A user key may add to the generated config or repeat a generated value; one that
-    contradicts a generated value is an error naming both, so there is one source of
-    truth for every setting.
+    A user key must be in ALLOWED_DEEPSPEED_KEYS. It may add to the generated config,
+    repeat a generated value or replace an overridable default; one that contradicts a
+    generated value is an error naming both, so there is one source of truth for every
+    setting.
     """
+    user = user or {}
+    _check_allowed(user, ALLOWED_DEEPSPEED_KEYS, prefix="")
+    offload_param = user.get("zero_optimization", {}).get("offload_param", {})
+    if offload_param.get("device", "none") != "none" and training.zero_stage != 3:
+        raise ValueError(
+            "deepspeed.zero_optimization.offload_param is not allowed at "
+            f"training.zeroStage {training.zero_stage}: "
+            + _REFUSED_BECAUSE["zero_optimization.offload_param"]
+        )
     merged = generated_deepspeed_config(training, world_size)
-    for key, why in _RESERVED_DEEPSPEED_KEYS.items():
-        if user and key in user:
-            raise ValueError(f"deepspeed.{key} is not allowed: {why}")
-    _merge_into(merged, user or {}, prefix="")
-    return {**_OVERRIDABLE_DEFAULTS, **merged}
+    _merge_into(merged, user, prefix="")
+    return _with_defaults(overridable_defaults(training), merged)
+
+
+def optimizer_offloaded(ds_config: dict[str, Any]) -> bool:
+    """Whether ZeRO keeps the optimizer on the host (the trainer then uses DeepSpeedCPUAdam)."""
+    offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {})
+    return bool(offload.get("device", "none") != "none")
+
+
+def _check_allowed(user: dict[str, Any], allowed: dict[str, Any], prefix: str) -> None:
+    for key, value in user.items():
+        path = f"{prefix}{key}"
+        if key not in allowed:
+            why = _REFUSED_BECAUSE.get(path)
+            if why is not None:
+                raise ValueError(f"deepspeed.{path} is not allowed: {why}")
+            supported = ", ".join(sorted(allowed))
+            raise ValueError(
+                f"deepspeed.{path} is not supported by llmjob-train (supported here: {supported})"
+            )
+        rule = allowed[key]
+        if isinstance(rule, dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"deepspeed.{path} must be an object")
+            _check_allowed(value, rule, prefix=f"{path}.")
+        elif isinstance(rule, tuple) and value not in rule:
+            raise ValueError(
+                f"deepspeed.{path}={json.dumps(value)} is not supported by llmjob-train "
+                f"(one of {', '.join(json.dumps(v) for v in rule)})"
+            )
+
+
+def _with_defaults(defaults: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """`config` over `defaults`, section by section."""
+    result = dict(defaults)
+    for key, value in config.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = _with_defaults(result[key], value)
+        else:
+            result[key] = value
+    return result
 
 
 def _merge_into(base: dict[str, Any], overlay: dict[str, Any], prefix: str) -> None:

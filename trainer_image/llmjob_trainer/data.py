@@ -6,6 +6,8 @@ tokenizer. A training sample is a window of seqLen + 1 tokens; windows do not ov
 """
 
 import json
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,40 @@ class TokenHeader:
 def write_tokens(path: Path, tokens: npt.NDArray[np.integer[Any]], header: TokenHeader) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tokens.astype(header.dtype).tofile(path)
+    write_header(path, header)
+
+
+def write_header(path: Path, header: TokenHeader) -> None:
     header_path(path).write_text(json.dumps(header.to_json(), indent=2) + "\n")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def has_tokenizer(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in TOKENIZER_FILES)
+
+
+def resolve_tokenizer(token_path: Path, header: TokenHeader, model_path: str | None) -> str | None:
+    """The tokenizer the export ships, checked at start-up (a missing one is a config error).
+
+    A tokenizer in model.path wins (the model was trained with it); else the header's:
+    "bytes", or a directory relative to the token file (llmjob-prepare copies the
+    tokenizer beside it), or an absolute one, which must exist on this machine too.
+    """
+    if model_path is not None and has_tokenizer(Path(model_path)):
+        return model_path
+    named = header.tokenizer
+    if named is None or named == BYTE_TOKENIZER:
+        return named
+    directory = token_path.parent / named  # an absolute `named` stays absolute
+    if not has_tokenizer(directory):
+        raise ConfigError(
+            f"{header_path(token_path)} names tokenizer {named!r}, but {directory} holds no "
+            f"{' or '.join(TOKENIZER_FILES)}; re-run llmjob-prepare (it copies the tokenizer "
+            "beside the token file) or put the tokenizer in model.path"
+        )
+    return str(directory)
 
 
 def read_header(path: Path, dtype: str | None) -> TokenHeader:
@@ -172,3 +207,76 @@ def validation_windows(
         [(batch * world_size + rank) * micro_batch_size + i for i in range(micro_batch_size)]
         for batch in range(batches)
     ]
+
+
+@dataclass(frozen=True)
+class StepBatches:
+    """One optimizer step's micro-batches for this rank, and the window indices they hold."""
+
+    indices: list[list[int]]
+    tensors: list[Any]  # torch.Tensor: torch loads lazily, prepare's workers never need it
+
+
+class BatchPrefetcher:
+    """Reads the next steps' batches on a thread while the current step computes.
+
+    The thread walks its own copy of the sampler from the sampler's position, so it
+    reads exactly the windows the sampler will hand out; the training loop still
+    advances its sampler once per step (its position is what a checkpoint saves) and
+    checks that the batches it takes are the ones the sampler chose. On a GPU the
+    batches are in pinned memory, so the copy to the device can be non-blocking.
+    """
+
+    def __init__(
+        self,
+        windows: TokenWindows,
+        sampler: ShuffledSampler,
+        micro_batch_size: int,
+        accumulation_steps: int,
+        rank: int,
+        world_size: int,
+        pin_memory: bool,
+        depth: int = 2,
+    ) -> None:
+        self._windows = windows
+        self._sampler = ShuffledSampler(sampler.window_count, sampler.seed)
+        self._sampler.position = sampler.position
+        self._shape = (micro_batch_size, accumulation_steps, rank, world_size)
+        self._pin = pin_memory
+        self._queue: queue.Queue[StepBatches | BaseException] = queue.Queue(maxsize=depth)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+        self._thread.start()
+
+    def _read(self, indices: list[int]) -> Any:
+        import torch
+
+        stacked = torch.from_numpy(np.stack([self._windows.window(i) for i in indices]))
+        return stacked.pin_memory() if self._pin else stacked
+
+    def _run(self) -> None:
+        try:
+            while not self._stopped.is_set():
+                indices = self._sampler.next_step(*self._shape)
+                item = StepBatches(indices, [self._read(micro) for micro in indices])
+                while not self._stopped.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as err:  # surfaced in the training thread by next_step()
+            self._queue.put(err)
+
+    def next_step(self, expected: list[list[int]]) -> StepBatches:
+        """The next step's batches; `expected` is what the loop's own sampler chose."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise DataError(f"reading batches from {self._windows.path} failed: {item}") from item
+        if item.indices != expected:
+            raise RuntimeError("the prefetcher and the sampler disagree on the next windows")
+        return item
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)

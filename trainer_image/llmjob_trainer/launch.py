@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -113,8 +114,24 @@ def cache_environment(env: dict[str, str]) -> dict[str, str]:
     return {**defaults, **env}
 
 
+def core_binding(env: Mapping[str, str], cores: set[int]) -> list[str]:
+    """DeepSpeed's per-rank core binding (numactl), when LLMJOB_BIND_CORES=1.
+
+    Each rank gets its own slice of the cores this pod may use: DeepSpeed would
+    otherwise slice every core of the host, including other pods' cpusets.
+    """
+    if env.get("LLMJOB_BIND_CORES") != "1":
+        return []
+    return ["--bind_cores_to_rank", "--bind_core_list", ",".join(map(str, sorted(cores)))]
+
+
 def launcher_command(
-    hostfile: Path, node_rank: int, master_addr: str, master_port: int, rank_command: list[str]
+    hostfile: Path,
+    node_rank: int,
+    master_addr: str,
+    master_port: int,
+    rank_command: list[str],
+    binding: list[str] | None = None,
 ) -> list[str]:
     """DeepSpeed's runner; `rank_command` is `-m module args...` or a user's executable."""
     if rank_command[0] == "-m":
@@ -129,6 +146,7 @@ def launcher_command(
         "--master_addr", master_addr,
         "--master_port", str(master_port),
         "--no_local_rank",
+        *(binding or []),
         *program,
     ]  # fmt: skip
 
@@ -213,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     if not user_command and ds_config.is_file():
         rank_command += ["--deepspeed-config", str(ds_config)]
     master_addr = args.master_addr or hosts[0][0]
+    binding = core_binding(env, os.sched_getaffinity(0))
     command = launcher_command(
-        args.hostfile, args.node_rank, master_addr, args.master_port, rank_command
+        args.hostfile, args.node_rank, master_addr, args.master_port, rank_command, binding
     )
     log.info(
         "attempt %s, node rank %d of %d, master %s:%d",

@@ -55,6 +55,40 @@ class TrainerMetrics:
             "last_checkpoint_timestamp_seconds", "Unix time of the last commit."
         )
         self.world_size = gauge("world_size", "Ranks in the run.")
+        self.data_wait_seconds = gauge(
+            "data_wait_seconds", "Time the last step waited for its batches (this rank)."
+        )
+        self.step_time_skew_seconds = gauge(
+            "step_time_skew_seconds",
+            "Slowest minus fastest rank's compute time of the last step (a straggler shows).",
+        )
+        self.slowest_rank = gauge("slowest_rank", "The rank with the longest last step.")
+        self.host_memory_peak_bytes = gauge(
+            "host_memory_peak_bytes", "Peak resident set size of this process."
+        )
+        self.device_memory_allocated_bytes = gauge(
+            "device_memory_allocated_bytes", "GPU memory held by tensors now (this rank)."
+        )
+        self.device_memory_reserved_bytes = gauge(
+            "device_memory_reserved_bytes", "GPU memory reserved by the caching allocator."
+        )
+        self.device_memory_peak_bytes = gauge(
+            "device_memory_peak_bytes", "Peak GPU memory held by tensors since start."
+        )
+        self.loss_scale = gauge("loss_scale", "fp16 dynamic loss scale (only under fp16).")
+        self.skipped_steps = gauge(
+            "skipped_steps", "Optimizer steps skipped on fp16 overflow since the run began."
+        )
+        self.fabric = Gauge(
+            f"{PREFIX}_fabric_info",
+            "1, labelled with the collective backend and the transport it uses.",
+            [*labels, "backend", "transport"],
+            registry=self.registry,
+        )
+        self.allreduce_bus_bandwidth = gauge(
+            "allreduce_bus_bandwidth_bytes_per_second",
+            "All-reduce bus bandwidth measured at start-up (GPU only).",
+        )
         self.attempt = gauge("attempt", "The operator's attempt number of this gang.")
         self.tokens = Counter(
             f"{PREFIX}_tokens",
@@ -66,6 +100,9 @@ class TrainerMetrics:
 
     def set_mfu(self, ratio: float) -> None:
         self.mfu_ratio.labels(self._job).set(ratio)
+
+    def set_fabric(self, backend: str, transport: str) -> None:
+        self.fabric.labels(self._job, backend, transport).set(1)
 
     def serve(self, address: str, port: int) -> None:
         """Serves /metrics and /healthz on `address:port` ("" = all) from a daemon thread."""

@@ -31,8 +31,15 @@ import torch.distributed as dist
 from pydantic import ValidationError
 
 from llmjob_trainer.checkpoint import Checkpointer, inject_fault
-from llmjob_trainer.config import RunConfig, TrainConfig, deepspeed_config
-from llmjob_trainer.data import BYTE_TOKENIZER, ShuffledSampler, TokenWindows, validation_windows
+from llmjob_trainer.config import RunConfig, TrainConfig, deepspeed_config, optimizer_offloaded
+from llmjob_trainer.data import (
+    BYTE_TOKENIZER,
+    BatchPrefetcher,
+    ShuffledSampler,
+    TokenWindows,
+    resolve_tokenizer,
+    validation_windows,
+)
 from llmjob_trainer.errors import (
     EXIT_DONE,
     EXIT_INVALID_CONFIG,
@@ -41,13 +48,19 @@ from llmjob_trainer.errors import (
     ConfigError,
     DataError,
 )
+from llmjob_trainer.fabric import allreduce_bus_bandwidth, capture_nccl_choice, transport
+from llmjob_trainer.flops import (
+    PEAK_FLOPS_ENV,
+    compute_parameters,
+    flops_per_token,
+    parameter_count,
+    peak_flops_per_second,
+)
+from llmjob_trainer.memory import device_memory_bytes, peak_rss_bytes, reset_peak_rss
 from llmjob_trainer.metrics import TrainerMetrics
-from llmjob_trainer.model import build_model, flops_per_token, vocab_size
+from llmjob_trainer.model import TRAINING_DTYPES, build_model, vocab_size
 
 log = logging.getLogger("llmjob.train")
-
-# Dense bf16/fp16 peak FLOP/s per device, from the vendors' datasheets (no sparsity).
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
 
 
 def lr_at(step: int, training: TrainConfig) -> float:
@@ -64,21 +77,35 @@ def lr_factor(step: int, training: TrainConfig) -> float:
     return lr_at(step, training) / training.learning_rate
 
 
-def make_optimizer(model: torch.nn.Module, training: TrainConfig) -> torch.optim.AdamW:
-    """AdamW that decays matrices (weights, embeddings) but not biases and norms."""
+def make_optimizer(
+    model: torch.nn.Module, training: TrainConfig, offloaded: bool = False
+) -> torch.optim.Optimizer:
+    """AdamW that decays matrices (weights, embeddings) but not biases and norms.
+
+    With the optimizer offloaded to the host, DeepSpeed's CPU AdamW (the same update,
+    vectorised on the host); DeepSpeed refuses torch's AdamW there.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
+
+    def dims(p: torch.nn.Parameter) -> int:
+        return len(getattr(p, "ds_shape", p.shape))  # ZeRO-3 partitions are flat
+
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": training.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if dims(p) >= 2], "weight_decay": training.weight_decay},
+        {"params": [p for p in params if dims(p) < 2], "weight_decay": 0.0},
     ]
     betas = (training.adam_beta1, training.adam_beta2)
+    if offloaded:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=training.learning_rate, betas=betas, adamw_mode=True)  # type: ignore[no-any-return]
     return torch.optim.AdamW(groups, lr=training.learning_rate, betas=betas)
 
 
 def causal_lm_loss(model: Any, windows: torch.Tensor) -> torch.Tensor:
-    """Next-token cross entropy over windows of seqLen + 1 tokens."""
-    logits = model(input_ids=windows[:, :-1], use_cache=False).logits
-    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), windows[:, 1:].flatten())
+    """Next-token cross entropy over windows of seqLen + 1 tokens (chunked; see loss.py)."""
+    loss: torch.Tensor = model(input_ids=windows[:, :-1], targets=windows[:, 1:])
+    return loss
 
 
 class StopRequest:
@@ -144,11 +171,46 @@ def export_model(engine: Any, directory: Path, tokenizer: str | None, is_master:
     dist.barrier()
 
 
-def peak_flops_per_second(precision: str) -> float | None:
-    if not torch.cuda.is_available() or precision == "fp32":
-        return None
-    name = torch.cuda.get_device_name()
-    return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
+def report_fabric(device: torch.device, metrics: TrainerMetrics, capture: Path | None) -> None:
+    """Logs and exports the collectives' transport (and, on a GPU, all-reduce bandwidth)."""
+    dist.barrier()  # the first collective: NCCL has chosen its transport after it
+    backend, how = transport(capture)
+    metrics.set_fabric(backend, how)
+    if device.type == "cuda":
+        bandwidth = allreduce_bus_bandwidth(device)
+        metrics.allreduce_bus_bandwidth.set(bandwidth)
+        log.info(
+            "collectives: %s over %s; all-reduce bus bandwidth %.1f GB/s",
+            backend,
+            how,
+            bandwidth / 1e9,
+        )
+    else:
+        log.info("collectives: %s over %s", backend, how)
+
+
+def record_memory(
+    metrics: TrainerMetrics, engine: Any, step: int, rss_before_model: int, zero_stage: int
+) -> None:
+    """Host and device memory, and fp16's loss scale and skipped steps."""
+    peak = peak_rss_bytes()
+    metrics.host_memory_peak_bytes.set(peak)
+    if step == 1:
+        log.info(
+            "host memory: peak %.0f MB over the %.0f MB before the model was built (ZeRO-%d)",
+            (peak - rss_before_model) / 2**20, rss_before_model / 2**20, zero_stage,
+        )  # fmt: skip
+    device = device_memory_bytes()
+    if device is not None:
+        metrics.device_memory_allocated_bytes.set(device["allocated"])
+        metrics.device_memory_reserved_bytes.set(device["reserved"])
+        metrics.device_memory_peak_bytes.set(device["peak"])
+    if engine.fp16_enabled():
+        scaler = getattr(engine.optimizer, "loss_scaler", None)
+        scale = getattr(scaler, "cur_scale", None) or getattr(engine.optimizer, "cur_scale", None)
+        if scale is not None:
+            metrics.loss_scale.set(float(scale))
+        metrics.skipped_steps.set(engine.skipped_steps)
 
 
 def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> int:
@@ -162,12 +224,26 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
     except ValueError as err:
         raise ConfigError(str(err)) from err
     train_windows = TokenWindows(Path(run.data.path), training.seq_len, run.data.dtype)
+    # Checked now: a tokenizer found missing at export, after the final commit, would loop.
+    tokenizer = resolve_tokenizer(Path(run.data.path), train_windows.header, run.model.path)
     val_windows = (
         TokenWindows(Path(run.data.validation_path), training.seq_len, run.data.dtype)
         if run.data.validation_path
         else None
     )
-    model = build_model(run.model, training.seed)
+    timeout = timedelta(minutes=float(os.environ.get("DEEPSPEED_TIMEOUT", "30")))
+    nccl_log = capture_nccl_choice()
+    deepspeed.init_distributed(timeout=timeout, verbose=False)
+    rss_before_model = reset_peak_rss()
+    # Before the engine partitions it: ZeRO-3 leaves each rank a flat shard.
+    model = build_model(run.model, training.seed, TRAINING_DTYPES[training.precision], ds_config)
+    compute_params = compute_parameters(model)
+    log.info(
+        "host memory: the model build peaked %.0f MB over the %.0f MB before it (ZeRO-%d)",
+        (peak_rss_bytes() - rss_before_model) / 2**20, rss_before_model / 2**20,
+        training.zero_stage,
+    )  # fmt: skip
+    parameters = sum(parameter_count(p) for p in model.parameters())
     data_vocab = train_windows.header.vocab_size
     if data_vocab is not None and data_vocab > vocab_size(model):
         raise ConfigError(
@@ -175,13 +251,11 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
             f"({vocab_size(model)}); raise the model's vocab_size in model.config"
         )
 
-    timeout = timedelta(minutes=float(os.environ.get("DEEPSPEED_TIMEOUT", "30")))
-    deepspeed.init_distributed(timeout=timeout, verbose=False)
     # Weights are identical on every rank (seeded above); dropout differs per rank.
     random.seed(training.seed + rank)
     np.random.seed(training.seed + rank)
     torch.manual_seed(training.seed + rank)
-    optimizer = make_optimizer(model, training)
+    optimizer = make_optimizer(model, training, optimizer_offloaded(ds_config))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, training=training))
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
@@ -220,9 +294,13 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
         metrics.last_checkpoint_step.set(step)
 
     tokens_per_step = training.samples_per_step(world_size) * training.seq_len
-    parameters = sum(p.numel() for p in model.parameters())
-    flops_per_step = flops_per_token(model.config, parameters, training.seq_len) * tokens_per_step
-    peak = peak_flops_per_second(training.precision)
+    flops_per_step = (
+        flops_per_token(model.config, compute_params, training.seq_len) * tokens_per_step
+    )
+    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    peak = peak_flops_per_second(device_name, training.precision)
+    if device_name is not None and peak is None and training.precision != "fp32":
+        log.warning("no peak FLOP/s known for %r: no MFU; set %s", device_name, PEAK_FLOPS_ENV)
     log.info(
         "training %s: %.2fM parameters, %d ranks, %d tokens/step, steps %d..%d",
         run.job_name, parameters / 1e6, world_size, tokens_per_step, step, training.max_steps,
@@ -249,26 +327,44 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
         metrics.last_checkpoint_timestamp_seconds.set(time.time())
         log.info("committed %s (%.1f MB in %.2f s)", saved.name, size / 1e6, seconds)
 
+    report_fabric(engine.device, metrics, nccl_log)
+    on_gpu = engine.device.type == "cuda"
+    batch_shape = (
+        training.micro_batch_size,
+        training.gradient_accumulation_steps,
+        rank,
+        world_size,
+    )
+    prefetcher = BatchPrefetcher(train_windows, sampler, *batch_shape, pin_memory=on_gpu)
     interval_started, interval_steps = time.perf_counter(), 0
     while step < training.max_steps:
         step_started = time.perf_counter()
         loss_sum = torch.zeros((), device=engine.device)
-        micro_steps = sampler.next_step(
-            training.micro_batch_size, training.gradient_accumulation_steps, rank, world_size
-        )
-        for indices in micro_steps:
-            loss = causal_lm_loss(engine, batch(train_windows, indices, engine.device))
+        micro_steps = sampler.next_step(*batch_shape)
+        batches = prefetcher.next_step(micro_steps)
+        data_wait = time.perf_counter() - step_started
+        for tokens in batches.tensors:
+            loss = causal_lm_loss(engine, tokens.to(engine.device, non_blocking=on_gpu))
             engine.backward(loss)
             engine.step()
             loss_sum += loss.detach().float()
         step += 1
         tokens_seen += tokens_per_step
-        # One collective per step: the mean loss over ranks, and whether any rank got SIGTERM.
-        flag = torch.tensor(float(stop.requested), device=engine.device)
-        summary = torch.stack([loss_sum / len(micro_steps), flag])
-        dist.all_reduce(summary)
-        loss_mean, stop_votes = summary[0].item() / world_size, summary[1].item()
+        compute_seconds = time.perf_counter() - step_started
+        # One collective per step: every rank's loss, SIGTERM vote and step time.
+        flag = float(stop.requested)
+        # On the loss's device (NCCL gathers device tensors only).
+        on_device = [loss_sum.new_tensor(flag), loss_sum.new_tensor(compute_seconds)]
+        mine = torch.stack([loss_sum / len(micro_steps), *on_device])
+        ranks = [torch.zeros_like(mine) for _ in range(world_size)]
+        dist.all_gather(ranks, mine)
+        summary = torch.stack(ranks).cpu()
+        loss_mean, stop_votes = summary[:, 0].mean().item(), summary[:, 1].sum().item()
         step_seconds = time.perf_counter() - step_started
+        metrics.data_wait_seconds.set(data_wait)
+        metrics.step_time_skew_seconds.set((summary[:, 2].max() - summary[:, 2].min()).item())
+        metrics.slowest_rank.set(int(summary[:, 2].argmax()))
+        record_memory(metrics, engine, step, rss_before_model, training.zero_stage)
 
         lr = float(scheduler.get_last_lr()[0])
         # DeepSpeed records no norm for fp32 without ZeRO: absent rather than invented.
@@ -315,11 +411,13 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
             commit()
         if stop_votes and not last:
             log.warning("stopped by SIGTERM at step %d after committing its checkpoint", step)
+            prefetcher.close()
             metrics.close()
             return EXIT_STOPPED_BY_SIGTERM
 
+    prefetcher.close()
     export_dir = Path(run.checkpoint.export_dir or Path(run.checkpoint.dir) / "export")
-    export_model(engine, export_dir, train_windows.header.tokenizer, is_master)
+    export_model(engine, export_dir, tokenizer, is_master)
     metrics.close()
     return EXIT_DONE
 

@@ -1,0 +1,97 @@
+"""The generated DeepSpeed config: fp32 reduction under bf16, and the passthrough's allow list."""
+
+import re
+from typing import Any
+
+import pytest
+
+from llmjob_trainer.config import TrainConfig, deepspeed_config, optimizer_offloaded
+
+
+def generated(user: dict[str, Any] | None = None, **training: Any) -> dict[str, Any]:
+    return deepspeed_config(TrainConfig(**training), world_size=4, user=user)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_bf16_accumulates_and_reduces_gradients_in_fp32_by_default(stage: int) -> None:
+    ds = generated(precision="bf16", zero_stage=stage)
+    assert ds["bf16"] == {"enabled": True}
+    assert ds["communication_data_type"] == "fp32"
+    assert ds["data_types"] == {"grad_accum_dtype": "fp32"}
+
+
+def test_bf16_without_zero_reduces_in_fp32_and_accumulates_in_the_model_dtype() -> None:
+    # DeepSpeed outside ZeRO accepts only grad_accum_dtype == the model dtype.
+    ds = generated(precision="bf16", zero_stage=0)
+    assert ds["communication_data_type"] == "fp32"
+    assert "data_types" not in ds
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_other_precisions_keep_deepspeeds_defaults(precision: str) -> None:
+    ds = generated(precision=precision, zero_stage=2)
+    assert "communication_data_type" not in ds and "data_types" not in ds
+
+
+def test_the_fp32_defaults_are_overridable() -> None:
+    ds = generated(
+        {"communication_data_type": "bf16", "data_types": {"grad_accum_dtype": "bf16"}},
+        precision="bf16",
+        zero_stage=2,
+    )
+    assert ds["communication_data_type"] == "bf16"
+    assert ds["data_types"] == {"grad_accum_dtype": "bf16"}
+
+
+def test_allowed_keys_merge_over_the_generated_ones() -> None:
+    ds = generated({"zero_optimization": {"overlap_comm": True}, "steps_per_print": 5})
+    assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True}
+    assert ds["steps_per_print"] == 5
+    assert ds["train_batch_size"] == 4 * 1 * 4
+
+
+@pytest.mark.parametrize(
+    ("user", "message"),
+    [
+        ({"optimizer": {"type": "Adam"}}, "deepspeed.optimizer is not allowed: the trainer builds"),
+        ({"scheduler": {"type": "WarmupLR"}}, "deepspeed.scheduler is not allowed"),
+        ({"checkpoint": {"writer": {"type": "decoupled"}}}, "deepspeed.checkpoint is not allowed"),
+        ({"tensor_parallel": {"autotp_size": 2}}, "deepspeed.tensor_parallel is not allowed"),
+        ({"sequence_parallel_size": 2}, "deepspeed.sequence_parallel_size is not allowed"),
+        ({"elasticity": {"enabled": True}}, "deepspeed.elasticity is not allowed"),
+        ({"activation_checkpointing": {}}, "deepspeed.activation_checkpointing is not supported"),
+        (
+            {"zero_optimization": {"zero_hpz_partition_size": 8}},
+            "deepspeed.zero_optimization.zero_hpz_partition_size is not supported",
+        ),
+        (
+            {"zero_optimization": {"offload_optimizer": {"device": "nvme"}}},
+            'deepspeed.zero_optimization.offload_optimizer.device="nvme" is not supported',
+        ),
+        (
+            {"zero_optimization": {"offload_param": {"device": "cpu"}}},
+            "deepspeed.zero_optimization.offload_param is not allowed at training.zeroStage 2",
+        ),
+        ({"zero_optimization": 3}, "deepspeed.zero_optimization must be an object"),
+        (
+            {"train_micro_batch_size_per_gpu": 16},
+            "contradicts training.microBatchSize",
+        ),
+    ],
+)
+def test_keys_the_trainer_does_not_understand_are_rejected_by_name(
+    user: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        generated(user)
+
+
+def test_optimizer_offload_is_supported_and_detected() -> None:
+    user = {"zero_optimization": {"offload_optimizer": {"device": "cpu", "pin_memory": True}}}
+    ds = generated(user, zero_stage=2)
+    assert optimizer_offloaded(ds)
+    assert not optimizer_offloaded(generated(zero_stage=2))
+    param_offload = {"zero_optimization": {"offload_param": {"device": "cpu"}}}
+    assert generated(param_offload, zero_stage=3)["zero_optimization"]["offload_param"] == {
+        "device": "cpu"
+    }
