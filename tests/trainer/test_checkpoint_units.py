@@ -48,7 +48,9 @@ def test_reports_must_cover_every_ranks_expected_files() -> None:
     missing_rank = complete[:2]
     assert check_reports(missing_rank, 3, 2) == ["rank 2 sent no report"]
     short = [*complete[:2], RankReport(2, records(2)[:1], None)]
-    assert check_reports(short, 3, 2) == ["rank 2 did not write zero_pp_rank_2_mp_rank_00_optim_states.pt"]
+    assert check_reports(short, 3, 2) == [
+        "rank 2 did not write zero_pp_rank_2_mp_rank_00_optim_states.pt"
+    ]
     failed = [*complete[:2], RankReport(2, records(2), "OSError(28, 'No space left')")]
     assert "rank 2 failed to write" in check_reports(failed, 3, 2)[0]
     twice = [*complete[:2], RankReport(2, records(2) + records(1)[:1], None)]
