@@ -3,6 +3,7 @@
 import json
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -148,7 +149,7 @@ def test_publish_replaces_with_or_without_rename(tmp_path: Path) -> None:
 
 
 def test_the_background_write_reads_a_snapshot_not_the_live_state() -> None:
-    live = {"module": {"w": torch.zeros(3)}, "steps": [torch.ones(2)], "lr": 0.1}
+    live: dict[str, Any] = {"module": {"w": torch.zeros(3)}, "steps": [torch.ones(2)], "lr": 0.1}
     snapshot = host_copy(live)
     live["module"]["w"].add_(1)
     live["steps"][0].mul_(5)

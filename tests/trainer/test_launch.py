@@ -7,6 +7,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ from .conftest import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 # Warmup, constant, then a decay over the last 2 steps: maxSteps may change on resume.
-WSD_DECAY_2 = {"lrSchedule": "wsd", "decaySteps": 2}
+WSD_DECAY_2: dict[str, Any] = {"lrSchedule": "wsd", "decaySteps": 2}
 
 
 def test_two_nodes_with_zero2_reduce_the_loss(

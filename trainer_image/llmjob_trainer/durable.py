@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 CHUNK_BYTES = 1 << 22
 # What a filesystem without (atomic) rename answers to os.replace.
@@ -48,13 +48,11 @@ class ChecksummingWriter:
         self.handle.flush()
 
 
-def write_durably(
-    path: Path, name: str, write: Callable[[ChecksummingWriter], object]
-) -> FileRecord:
+def write_durably(path: Path, name: str, write: Callable[[BinaryIO], object]) -> FileRecord:
     """Writes `path` through `write`, fsyncs it, and returns its record under `name`."""
     with open(path, "wb") as handle:
         stream = ChecksummingWriter(handle)
-        write(stream)
+        write(cast(BinaryIO, stream))  # a write-only stream is all torch.save needs
         handle.flush()
         os.fsync(handle.fileno())
     return FileRecord(name, stream.size, stream.crc32)
