@@ -135,6 +135,7 @@ def test_runs_resume_and_prune_only_their_own_checkpoints_and_never_deletes_noth
     assert (fresh_run / LATEST).read_text() == checkpoint_tag(4)
     assert tree(run_dir(root, "run-a")) == before
 
+    config = write_config(tmp_path, token_data, {"keepLast": 1}, maxSteps=4)  # Auto again
     again = run_alone(tmp_path, config, "run-a-again", LLMJOB_RUN_ID="run-a")
     assert again.process.returncode == 0, again.output()[-3000:]
     assert "resumed at step 4" in again.output()
