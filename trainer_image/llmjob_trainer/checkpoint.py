@@ -367,6 +367,7 @@ class Resume:
     manifest: Manifest
     load_tag: str  # the tag under the run directory: step_X, or step_X.universal
     universal: bool
+    same_world: bool  # else each rank's RNG is derived, not restored
 
 
 @dataclass
@@ -451,9 +452,14 @@ class Checkpointer:
         while True:
             choice: list[Any] = [None]
             if self.is_master:
-                found = newest_committed(self.run_dir, log_skips=True)
-                choice = [None if found is None else (str(found[0]), found[1])]
+                try:
+                    found = newest_committed(self.run_dir, log_skips=True)
+                    choice = [None if found is None else (str(found[0]), found[1])]
+                except CheckpointReadError as err:
+                    choice = [str(err)]  # every rank fails the attempt, not rank 0 alone
             dist.broadcast_object_list(choice, src=0)
+            if isinstance(choice[0], str):
+                raise CheckpointReadError(choice[0])
             if choice[0] is None:
                 return None
             checkpoint, manifest = Path(choice[0][0]), choice[0][1]
@@ -464,12 +470,18 @@ class Checkpointer:
                     f"or set checkpoint.resume to Never to start a fresh run"
                 )
             problem = self._verify(checkpoint, manifest)
-            if problem is None and manifest.world_size != self.world_size:
-                universal, problem = self._universal(checkpoint, manifest)
-                if problem is None:
-                    return Resume(checkpoint, manifest, universal.name, universal=True)
+            same_world = manifest.world_size == self.world_size
+            # ZeRO partitions need the universal format at another world size; stage 0
+            # keeps the whole optimizer in one file that any world size loads.
+            if problem is None and not same_world and self.zero_stage > 0:
+                universal, copy_problem = self._universal(checkpoint, manifest)
+                if copy_problem is not None:  # the source verified: retry, never mark it bad
+                    raise RuntimeError(
+                        f"{checkpoint}: {copy_problem}; the next attempt converts again"
+                    )
+                return Resume(checkpoint, manifest, universal.name, True, same_world)
             if problem is None:
-                return Resume(checkpoint, manifest, checkpoint.name, universal=False)
+                return Resume(checkpoint, manifest, checkpoint.name, False, same_world)
             if self.is_master:
                 mark_bad(checkpoint, problem)
                 log.warning("falling back from step %d to the previous commit", manifest.step)
@@ -504,41 +516,52 @@ class Checkpointer:
     def _universal(self, checkpoint: Path, manifest: Manifest) -> tuple[Path, str | None]:
         """Collective: the cached universal copy of `checkpoint`, converted once."""
         output = checkpoint.with_name(checkpoint.name + UNIVERSAL_SUFFIX)
-        outcome: list[Any] = [None]
+        outcome: list[Any] = ["conversion failed on rank 0"]
         if self.is_master:
-            cached = inspect(output) if output.is_dir() else "absent"
-            if isinstance(cached, Manifest):
-                log.info("using the cached universal checkpoint %s", output)
-            else:
-                started = time.perf_counter()
-                log.info(
-                    "world size %d -> %d: converting %s to universal format",
-                    manifest.world_size, self.world_size, checkpoint,
-                )  # fmt: skip
-                convert_to_universal(checkpoint, output)
-                fsync_tree(output)
-                files = {
-                    str(p.relative_to(output)): FileRecord(
-                        str(p.relative_to(output)), p.stat().st_size, file_crc32(p)
-                    )
-                    for p in sorted(output.rglob("*"))
-                    if p.is_file()
-                }
-                converted = Manifest(
-                    self.run_id, self.attempt, manifest.step, manifest.world_size,
-                    manifest.samples_per_step, manifest.max_steps, manifest.config_hash, files,
-                )  # fmt: skip
-                publish(output / MANIFEST, json.dumps(converted.to_json()), self.rename_works)
-                log.info(
-                    "converted %s to universal format in %.1f s",
-                    checkpoint.name, time.perf_counter() - started,
-                )  # fmt: skip
-            cached_manifest = inspect(output)
-            outcome = [cached_manifest]
+            try:
+                outcome = [self._convert_once(checkpoint, manifest, output)]
+            except (OSError, RuntimeError) as err:
+                log.error("universal conversion of %s failed: %s", checkpoint, err)
         dist.broadcast_object_list(outcome, src=0)
         if isinstance(outcome[0], str):
-            return output, f"universal copy {output}: {outcome[0]}"
-        return output, self._verify(output, outcome[0])
+            raise RuntimeError(f"universal copy {output}: {outcome[0]}")
+        problem = self._verify(output, outcome[0])
+        if problem is not None and self.is_master:
+            # The cache is derived data: a bad copy goes, and the next try converts again.
+            log.warning("discarding the universal copy %s: %s", output, problem)
+            remove(output)
+        return output, None if problem is None else f"its universal copy: {problem}"
+
+    def _convert_once(self, checkpoint: Path, manifest: Manifest, output: Path) -> Manifest | str:
+        """On rank 0: the universal copy's manifest, converting unless a valid one is cached."""
+        cached = inspect(output) if output.is_dir() else "absent"
+        if isinstance(cached, Manifest):
+            log.info("using the cached universal checkpoint %s", output)
+            return cached
+        started = time.perf_counter()
+        log.info(
+            "world size %d -> %d: converting %s to universal format",
+            manifest.world_size, self.world_size, checkpoint,
+        )  # fmt: skip
+        convert_to_universal(checkpoint, output)
+        fsync_tree(output)
+        files = {
+            str(p.relative_to(output)): FileRecord(
+                str(p.relative_to(output)), p.stat().st_size, file_crc32(p)
+            )
+            for p in sorted(output.rglob("*"))
+            if p.is_file()
+        }
+        converted = Manifest(
+            self.run_id, self.attempt, manifest.step, manifest.world_size,
+            manifest.samples_per_step, manifest.max_steps, manifest.config_hash, files,
+        )  # fmt: skip
+        publish(output / MANIFEST, json.dumps(converted.to_json()), self.rename_works)
+        log.info(
+            "converted %s to universal format in %.1f s",
+            checkpoint.name, time.perf_counter() - started,
+        )  # fmt: skip
+        return inspect(output)
 
     def load(self, engine: Any, resume: Resume, seed: int) -> dict[str, Any]:
         """Loads `resume` into the engine; returns its client state."""
@@ -555,7 +578,7 @@ class Checkpointer:
         if path is None:
             mark_bad(resume.checkpoint, "DeepSpeed found nothing to load")
             raise RuntimeError(f"DeepSpeed could not load the committed {resume.checkpoint}")
-        if resume.universal:
+        if not resume.same_world:
             seed_rank(seed, resume.manifest.step, self.rank)
         else:
             state = torch.load(resume.checkpoint / rng_file(self.rank), weights_only=False)
@@ -629,7 +652,10 @@ class Checkpointer:
         inject_fault("before-manifest", pending.step)
         outcome: list[Any] = [None]
         if self.is_master:
-            outcome = [self._commit_on_master(pending, reports)]
+            try:
+                outcome = [self._commit_on_master(pending, reports)]
+            except OSError as err:  # every rank fails the attempt, not rank 0 alone
+                outcome = [("failed", f"committing {pending.checkpoint}: {err}")]
         dist.broadcast_object_list(outcome, src=0)
         self.pending = None
         if outcome[0] is not None:
