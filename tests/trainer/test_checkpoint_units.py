@@ -155,3 +155,16 @@ def test_the_background_write_reads_a_snapshot_not_the_live_state() -> None:
     live["steps"][0].mul_(5)
     assert torch.equal(snapshot["module"]["w"], torch.zeros(3))
     assert torch.equal(snapshot["steps"][0], torch.ones(2)) and snapshot["lr"] == 0.1
+
+
+def test_fallbacks_are_exported_for_the_operator() -> None:
+    from prometheus_client import generate_latest
+
+    from llmjob_trainer.metrics import TrainerMetrics
+
+    metrics = TrainerMetrics("j")
+    metrics.checkpoint_fallbacks.inc()
+    metrics.checkpoint_bad_step.set(8)
+    text = generate_latest(metrics.registry).decode()
+    assert 'llmjob_trainer_checkpoint_fallbacks_total{job_name="j"} 1.0' in text
+    assert 'llmjob_trainer_checkpoint_bad_step{job_name="j"} 8.0' in text
