@@ -67,6 +67,7 @@ def run(config: Path) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     command = [sys.executable, "-m", "llmjob_trainer.train", "--config", str(config)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    (config.parent / "trainer.log").write_text(result.stdout + result.stderr)  # kept on failure
     if result.returncode != 0:
         raise SystemExit(f"trainer failed:\n{(result.stdout + result.stderr)[-3000:]}")
     return result.stdout + result.stderr
@@ -94,10 +95,17 @@ def main() -> None:
     ) as scratch:
         directory = Path(scratch)
         prepare([Path(os.__file__).parent / "json"], directory / "data", None, 0.0, 200_000)
-        outputs = {
-            mode: run(write_config(directory, directory / "data", preset, steps, interval, mode))
-            for mode in ("none", "sync", "async")
-        }
+        outputs = {}
+        for mode in ("async", "sync", "none"):  # each run's commit figures print as it ends
+            config = write_config(directory, directory / "data", preset, steps, interval, mode)
+            outputs[mode] = run(config)
+            if mode != "none":
+                done = commits(outputs[mode])
+                print(
+                    f"{preset} {mode}: blocking {statistics.median(b for *_, b in done):.2f} s "
+                    f"per commit, save to commit {statistics.median(t for _, t, _ in done):.2f} s",
+                    flush=True,
+                )
         times = {mode: step_ms(output) for mode, output in outputs.items()}
         # Step 1 compiles/warms up; every step of the no-commit run after it is the baseline.
         base = statistics.median(ms for step, ms in times["none"].items() if step > 1)
