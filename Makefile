@@ -14,10 +14,10 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/dev
 export LLMJOB_CACHE
 
-.PHONY: help venv lint crds helm-lint test test-unit cluster cluster-down bench bench-gpu bench-operator demo test-e2e
+.PHONY: help venv lint crds helm-lint test test-unit cluster cluster-down bench bench-gpu bench-operator bench-checkpoint demo test-e2e
 
 help:
-	@echo "make demo | test | test-unit | lint | crds | helm-lint | venv | cluster | cluster-down | bench | bench-gpu"
+	@echo "make demo | test | test-unit | lint | crds | helm-lint | venv | cluster | cluster-down | bench | bench-gpu | bench-checkpoint"
 
 venv:
 	@LLMJOB_VENV=$(VENV) PYTHON_BASE=$(PYTHON_BASE) bash dev/venv.sh
@@ -80,6 +80,11 @@ test: lint
 # Figures, not tests: our trainer's tokens/s against a bare DeepSpeed loop, checkpoint I/O.
 bench: venv
 	$(PY) trainer_image/bench/throughput.py
+
+# Commit blocking time and step overhead, sync vs async, and universal conversion time
+# (gpt2-124m and tiny); BENCH_STEPS/BENCH_INTERVAL set the runs' length and commit interval.
+bench-checkpoint: venv
+	$(PY) trainer_image/bench/checkpoint_async.py
 
 # bf16 tokens/s and MFU for gpt2-124m and llama-1b; says so and exits 0 without CUDA.
 bench-gpu: venv

@@ -158,7 +158,7 @@ def checkpoint_dir() -> Path:
 
 
 def show_results(directory: Path) -> None:
-    committed = sorted(p.name for p in directory.iterdir() if p.name.startswith("step"))
+    committed = sorted(str(p.relative_to(directory)) for p in directory.glob("runs/*/step_*"))
     say(f"committed checkpoints (in the pods at /checkpoints/{JOB}): {directory}: {committed}")
     export = directory / "export"
     say(f"exported Hugging Face model: {export}: {sorted(p.name for p in export.iterdir())}")

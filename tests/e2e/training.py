@@ -58,8 +58,8 @@ def checkpoint_dir(jobs: Jobs, job: str) -> Path:
 def committed_steps(directory: Path) -> list[int]:
     return sorted(
         int(child.name.split("_")[1])
-        for child in directory.glob("step_*")
-        if (child / MANIFEST).is_file()
+        for child in directory.glob("runs/*/step_*")  # every run's (trainer checkpoint.py)
+        if child.name.split("_")[1].isdigit() and (child / MANIFEST).is_file()
     )
 
 

@@ -50,7 +50,9 @@ def token_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def write_config(directory: Path, data: Path, **training: Any) -> Path:
+def write_config(
+    directory: Path, data: Path, checkpoint: dict[str, Any] | None = None, **training: Any
+) -> Path:
     config = {
         "jobName": "test",
         "model": {"preset": "tiny"},
@@ -69,12 +71,22 @@ def write_config(directory: Path, data: Path, **training: Any) -> Path:
             "evalBatches": 2,
             **training,
         },
-        "checkpoint": {"dir": str(directory / "checkpoints"), "intervalSteps": 2, "keepLast": 2},
+        "checkpoint": {
+            "dir": str(directory / "checkpoints"),
+            "intervalSteps": 2,
+            "keepLast": 2,
+            **(checkpoint or {}),
+        },
         "metricsPort": 0,
     }
     path = directory / "train.json"
     path.write_text(json.dumps(config, indent=2))
     return path
+
+
+def run_dir(checkpoints: Path, run_id: str = "test") -> Path:
+    """Where a run's checkpoints are (checkpoint.py): without LLMJOB_RUN_ID, the job name."""
+    return checkpoints / "runs" / run_id
 
 
 class Trainer:

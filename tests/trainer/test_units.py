@@ -11,13 +11,13 @@ from llmjob_trainer.checkpoint import (
     MANIFEST,
     Manifest,
     fault_armed,
+    inspect,
     newest_committed,
-    read_manifest,
     stale,
-    write_atomically,
 )
 from llmjob_trainer.config import TrainConfig, checkpoint_tag
 from llmjob_trainer.data import ShuffledSampler, TokenHeader, TokenWindows, write_tokens
+from llmjob_trainer.durable import FileRecord, publish
 from llmjob_trainer.errors import ConfigError, DataError
 from llmjob_trainer.launch import HostfileError, check_node_rank, read_hostfile, same_host
 from llmjob_trainer.prepare import BYTE_EOS, byte_encoder, byte_level_tokenizer
@@ -94,8 +94,8 @@ def commit(directory: Path, step: int, files: dict[str, bytes]) -> Path:
     checkpoint.mkdir(parents=True)
     for name, content in files.items():
         (checkpoint / name).write_bytes(content)
-    sizes = {name: len(content) for name, content in files.items()}
-    manifest = Manifest(step, 2, "abc", sizes)
+    records = {name: FileRecord(name, len(content), 0) for name, content in files.items()}
+    manifest = Manifest("run", 1, step, 2, 8, 100, "abc", records)
     (checkpoint / MANIFEST).write_text(json.dumps(manifest.to_json()))
     return checkpoint
 
@@ -109,10 +109,10 @@ def test_torn_checkpoints_are_never_taken_as_committed(tmp_path: Path) -> None:
     (no_manifest / "a.pt").write_bytes(b"12345")
     garbled = commit(tmp_path, 8, {"a.pt": b"1"})
     (garbled / MANIFEST).write_text("{")
-    assert read_manifest(no_manifest) == "no manifest"
-    assert "unreadable" in str(read_manifest(garbled))
-    assert "not 5 bytes" in str(read_manifest(shortened))
-    found = newest_committed(tmp_path, is_master=False)
+    assert inspect(no_manifest) == "no manifest"
+    assert "unreadable" in str(inspect(garbled))
+    assert "not 5 bytes" in str(inspect(shortened))
+    found = newest_committed(tmp_path, log_skips=False)
     assert found is not None and found[0].name == checkpoint_tag(2) and found[1].step == 2
 
 
@@ -126,8 +126,8 @@ def test_pruning_keeps_the_newest_committed_and_newer_torn_ones(tmp_path: Path) 
 
 
 def test_latest_is_replaced_atomically(tmp_path: Path) -> None:
-    write_atomically(tmp_path / LATEST, checkpoint_tag(2))
-    write_atomically(tmp_path / LATEST, checkpoint_tag(4))
+    publish(tmp_path / LATEST, checkpoint_tag(2), rename_works=True)
+    publish(tmp_path / LATEST, checkpoint_tag(4), rename_works=True)
     assert (tmp_path / LATEST).read_text() == checkpoint_tag(4)
     assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST]
 
@@ -154,8 +154,12 @@ def test_hostfile_is_parsed_by_deepspeed_and_the_pod_must_sit_at_its_index(
 
 
 def test_fault_injection_can_be_limited_to_one_attempt() -> None:
-    assert fault_armed("before-manifest:40", "before-manifest", 40, "3")
-    assert fault_armed("before-manifest:40@1", "before-manifest", 40, "1")
-    assert not fault_armed("before-manifest:40@1", "before-manifest", 40, "2")
-    assert not fault_armed("before-manifest:40@1", "after-step", 40, "1")
-    assert not fault_armed("", "before-manifest", 40, None)
+    assert fault_armed("before-manifest:40", "before-manifest", 40, "3", 0)
+    assert fault_armed("before-manifest:40@1", "before-manifest", 40, "1", 0)
+    assert not fault_armed("before-manifest:40@1", "before-manifest", 40, "2", 0)
+    assert not fault_armed("before-manifest:40@1", "after-step", 40, "1", 0)
+    assert not fault_armed("", "before-manifest", 40, None, 0)
+    assert not fault_armed("before-manifest:40", "before-manifest", 40, None, 1)
+    assert fault_armed("before-report:6#1", "before-report", 6, None, 1)
+    assert fault_armed("before-report:6@2#1", "before-report", 6, "2", 1)
+    assert not fault_armed("before-report:6#1", "before-report", 6, None, 0)

@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -34,7 +35,7 @@ def run_ranks(
     trainers: list[Trainer],
     model: Mapping[str, object],
     deepspeed: Mapping[str, object] | None = None,
-    **training: object,
+    **training: Any,
 ) -> str:
     directory.mkdir()
     config = write_config(directory, token_data, **training)

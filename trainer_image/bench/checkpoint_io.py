@@ -2,8 +2,8 @@
 
     python checkpoint_io.py [preset]        # default gpt2-124m: about 2 GB of state
 
-Commit includes every fsync and the manifest; resume reads back what commit just wrote,
-so on a machine with free memory it mostly reads the page cache.
+Commit (synchronous) includes every fsync, the crc32s and the manifest; resume checks
+every crc32 and loads what commit just wrote, so with free memory it reads the page cache.
 """
 
 import os
@@ -42,18 +42,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory(
         prefix="llmjob-ckpt-bench-", dir=os.environ.get("BENCH_DIR")
     ) as d:
-        checkpointer = Checkpointer(Path(d), keep_last=1, config_hash="bench", rank=0, world_size=1)
+        checkpointer = Checkpointer(
+            root=Path(d), run_id="bench", attempt=0, keep_last=1, config_hash="bench", rank=0,
+            world_size=1, zero_stage=2, samples_per_step=1, max_steps=1, asynchronous=False,
+        )  # fmt: skip
+        checkpointer.start()
+        checkpointer.attach(engine)
         started = time.perf_counter()
-        saved = checkpointer.commit(engine, 1, {"llmjob": {"step": 1}})
+        checkpointer.save(1, {"llmjob": {"step": 1}})
+        saved = checkpointer.commit_pending()
         save_seconds = time.perf_counter() - started
-        size_mb = sum(p.stat().st_size for p in saved.rglob("*") if p.is_file()) / 1e6
+        size_mb = saved.size_bytes / 1e6
         started = time.perf_counter()
-        checkpointer.resume(engine)
+        resume = checkpointer.choose()  # verifies every file's crc32
+        assert resume is not None
+        checkpointer.load(engine, resume, training.seed)
         load_seconds = time.perf_counter() - started
+        checkpointer.close()
     print(f"checkpoint {preset}: {size_mb:.0f} MB")
     for what, seconds in (
         ("commit (save, fsync, manifest)", save_seconds),
-        ("resume", load_seconds),
+        ("resume (crc32 check, load)", load_seconds),
     ):
         print(f"  {what}: {seconds:.2f} s, {size_mb / seconds:.0f} MB/s")
 

@@ -17,6 +17,7 @@ from llmjob_trainer.presets import MODEL_PRESETS
 Precision = Literal["bf16", "fp16", "fp32"]
 TokenDtype = Literal["uint16", "uint32"]
 ResumePolicy = Literal["Auto", "Never"]
+LrSchedule = Literal["cosine", "wsd"]
 PresetName = Literal["tiny", "gpt2-124m", "llama-1b"]
 
 
@@ -132,6 +133,15 @@ class TrainConfig(ApiModel):
     min_learning_rate: float = Field(
         default=3e-5, ge=0, description="Learning rate at the end of the cosine decay."
     )
+    lr_schedule: LrSchedule = Field(
+        default="cosine",
+        description="cosine: warmup, then cosine decay over the rest of maxSteps (a resume "
+        "with another maxSteps is refused). wsd: warmup, constant, then cosine decay over "
+        "the last decaySteps (maxSteps may change while the decay has not begun).",
+    )
+    decay_steps: int = Field(
+        default=0, ge=0, description="wsd only: the final steps that decay to minLearningRate."
+    )
     weight_decay: float = Field(default=0.1, ge=0, le=1, description="AdamW weight decay.")
     adam_beta1: float = Field(default=0.9, gt=0, lt=1, description="AdamW beta1.")
     adam_beta2: float = Field(default=0.95, gt=0, lt=1, description="AdamW beta2.")
@@ -152,10 +162,10 @@ class TrainConfig(ApiModel):
                 f"training.minLearningRate ({self.min_learning_rate}) must not exceed "
                 f"training.learningRate ({self.learning_rate})"
             )
-        if self.warmup_steps > self.max_steps:
+        if self.warmup_steps + self.decay_steps > self.max_steps:
             raise ValueError(
-                f"training.warmupSteps ({self.warmup_steps}) must not exceed "
-                f"training.maxSteps ({self.max_steps})"
+                f"training.warmupSteps ({self.warmup_steps}) + decaySteps "
+                f"({self.decay_steps}) must not exceed training.maxSteps ({self.max_steps})"
             )
         return self
 
@@ -196,6 +206,11 @@ class CheckpointConfig(ApiModel):
         default=None,
         description="Where the final Hugging Face model is exported; default <dir>/export.",
     )
+    async_save: bool = Field(
+        default=True,
+        description="Write checkpoints in the background while training goes on; the "
+        "commit follows once every rank's files are durable. False blocks for the write.",
+    )
 
 
 class RunConfig(ApiModel):
@@ -222,7 +237,8 @@ class RunConfig(ApiModel):
         """Hash of what must not change across a resume (model and optimisation)."""
         stable = {
             "model": self.model.model_dump(mode="json", by_alias=True),
-            # Reporting cadence and run length do not change what a step computes.
+            # Reporting cadence and run length do not change what a step computes; where
+            # maxSteps shapes the schedule the trainer checks it at resume (train.py).
             "training": self.training.model_dump(
                 mode="json",
                 by_alias=True,

@@ -50,6 +50,19 @@ class TrainerMetrics:
             "checkpoint_duration_seconds", "Wall time of the last checkpoint commit."
         )
         self.checkpoint_size_bytes = gauge("checkpoint_size_bytes", "Size of the last checkpoint.")
+        self.checkpoint_blocking_seconds = gauge(
+            "checkpoint_blocking_seconds",
+            "Of the last commit, the seconds the training loop waited (the rest overlapped).",
+        )
+        self.checkpoint_fallbacks = Counter(
+            f"{PREFIX}_checkpoint_fallbacks",
+            "Committed checkpoints that failed verification at resume (marked bad, skipped).",
+            labels,
+            registry=self.registry,
+        ).labels(job)
+        self.checkpoint_bad_step = gauge(
+            "checkpoint_bad_step", "Step of the last checkpoint marked bad at resume."
+        )
         self.last_checkpoint_step = gauge("last_checkpoint_step", "Step of the last commit.")
         self.last_checkpoint_timestamp_seconds = gauge(
             "last_checkpoint_timestamp_seconds", "Unix time of the last commit."

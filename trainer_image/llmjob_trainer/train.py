@@ -30,7 +30,16 @@ import torch
 import torch.distributed as dist
 from pydantic import ValidationError
 
-from llmjob_trainer.checkpoint import Checkpointer, inject_fault
+from llmjob_trainer.checkpoint import (
+    ATTEMPT_ENV,
+    Checkpointer,
+    CheckpointReadError,
+    SupersededError,
+    accumulation_for,
+    fresh_run_id,
+    inject_fault,
+    run_id_from,
+)
 from llmjob_trainer.config import RunConfig, TrainConfig, deepspeed_config, optimizer_offloaded
 from llmjob_trainer.data import (
     BYTE_TOKENIZER,
@@ -63,14 +72,42 @@ from llmjob_trainer.model import TRAINING_DTYPES, build_model, vocab_size
 log = logging.getLogger("llmjob.train")
 
 
+def decay_start(training: TrainConfig) -> int:
+    """The first step whose learning rate depends on maxSteps."""
+    if training.lr_schedule == "wsd":
+        return training.max_steps - training.decay_steps
+    return training.warmup_steps
+
+
 def lr_at(step: int, training: TrainConfig) -> float:
-    """Learning rate of optimizer step `step` (0-based): linear warmup, then cosine decay."""
+    """Learning rate of optimizer step `step` (0-based): linear warmup, then cosine decay
+    (over the rest of the run, or for wsd over the last decaySteps after a constant phase)."""
     peak, floor = training.learning_rate, training.min_learning_rate
     if step < training.warmup_steps:
         return peak * (step + 1) / (training.warmup_steps + 1)
-    decay_steps = training.max_steps - training.warmup_steps
-    progress = min(1.0, (step - training.warmup_steps) / max(1, decay_steps))
+    start = decay_start(training)
+    if step < start:
+        return peak
+    progress = min(1.0, (step - start) / max(1, training.max_steps - start))
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
+
+
+def schedule_change_problem(
+    step: int, checkpoint_max_steps: int, training: TrainConfig
+) -> str | None:
+    """Why resuming at `step` with this maxSteps would change the learning rate of a step
+    already or still to be trained, if it would. Every other resume is exact."""
+    if checkpoint_max_steps == training.max_steps:
+        return None
+    before = training.model_copy(update={"max_steps": checkpoint_max_steps})
+    if step <= min(decay_start(before), decay_start(training)):
+        return None
+    return (
+        f"the checkpoint at step {step} was trained for maxSteps {checkpoint_max_steps}; with "
+        f"maxSteps {training.max_steps} the {training.lr_schedule} schedule gives other learning "
+        f"rates from step {min(decay_start(before), decay_start(training))} on: restore "
+        f"maxSteps (or use lrSchedule wsd, whose length may change before its decay begins)"
+    )
 
 
 def lr_factor(step: int, training: TrainConfig) -> float:
@@ -218,11 +255,6 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
     rank, world_size, local_rank = distributed_env()
     is_master = rank == 0  # the one switch for side effects: logs, manifests, export
     logging.getLogger().setLevel(logging.INFO if is_master else logging.WARNING)
-    try:
-        training.check_world_size(world_size)
-        ds_config = deepspeed_config(training, world_size, user_deepspeed)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
     train_windows = TokenWindows(Path(run.data.path), training.seq_len, run.data.dtype)
     # Checked now: a tokenizer found missing at export, after the final commit, would loop.
     tokenizer = resolve_tokenizer(Path(run.data.path), train_windows.header, run.model.path)
@@ -234,6 +266,42 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
     timeout = timedelta(minutes=float(os.environ.get("DEEPSPEED_TIMEOUT", "30")))
     nccl_log = capture_nccl_choice()
     deepspeed.init_distributed(timeout=timeout, verbose=False)
+    run_id = run_id_from(dict(os.environ), run.job_name)
+    if run.checkpoint.resume == "Never":
+        run_id = fresh_run_id(run_id)
+    checkpointer = Checkpointer(
+        root=Path(run.checkpoint.dir), run_id=run_id,
+        attempt=int(os.environ.get(ATTEMPT_ENV, "0")), keep_last=run.checkpoint.keep_last,
+        config_hash=run.config_hash(), rank=rank, world_size=world_size,
+        zero_stage=training.zero_stage, samples_per_step=training.samples_per_step(world_size),
+        max_steps=training.max_steps, asynchronous=run.checkpoint.async_save,
+    )  # fmt: skip
+    checkpointer.start()
+    resume = checkpointer.choose() if run.checkpoint.resume == "Auto" else None
+    if resume is not None and (
+        problem := schedule_change_problem(
+            resume.manifest.step, resume.manifest.max_steps, training
+        )
+    ):
+        raise ConfigError(problem)
+    if resume is not None and resume.manifest.world_size != world_size:
+        # Another world size: the same global batch through another gradient accumulation.
+        accumulation = accumulation_for(
+            resume.manifest.samples_per_step, training.micro_batch_size, world_size
+        )
+        training = training.model_copy(update={"gradient_accumulation_steps": accumulation})
+        checkpointer.samples_per_step = training.samples_per_step(world_size)
+        log.info(
+            "resuming %d ranks' checkpoint on %d ranks: gradient accumulation %d",
+            resume.manifest.world_size, world_size, accumulation,
+        )  # fmt: skip
+    try:
+        training.check_world_size(world_size)
+        ds_config = deepspeed_config(training, world_size, user_deepspeed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if resume is not None and resume.universal:
+        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     rss_before_model = reset_peak_rss()
     # Before the engine partitions it: ZeRO-3 leaves each rank a flat shard.
     model = build_model(run.model, training.seed, TRAINING_DTYPES[training.precision], ds_config)
@@ -263,15 +331,14 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
     if run.model.compile:
         engine.compile()
 
-    checkpointer = Checkpointer(
-        Path(run.checkpoint.dir), run.checkpoint.keep_last, run.config_hash(), rank, world_size
-    )
+    checkpointer.attach(engine)
     sampler = ShuffledSampler(train_windows.count, training.seed)
     step, tokens_seen = 0, 0
-    if run.checkpoint.resume == "Auto" and (state := checkpointer.resume(engine)) is not None:
+    if resume is not None:
+        state = checkpointer.load(engine, resume, training.seed)
         step, tokens_seen = state["llmjob"]["step"], state["llmjob"]["tokensSeen"]
         sampler.load_state_dict(state["llmjob"]["sampler"])
-        log.info("resumed at step %d from %s", step, run.checkpoint.dir)
+        log.info("resumed at step %d from %s", step, resume.checkpoint)
     val_batches = (
         validation_windows(
             val_windows, training.eval_batches, training.micro_batch_size, rank, world_size
@@ -292,6 +359,9 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
     metrics.tokens.inc(tokens_seen)
     if step:
         metrics.last_checkpoint_step.set(step)
+    for bad_step, _reason in checkpointer.fallbacks:
+        metrics.checkpoint_fallbacks.inc()
+        metrics.checkpoint_bad_step.set(bad_step)
 
     tokens_per_step = training.samples_per_step(world_size) * training.seq_len
     flops_per_step = (
@@ -306,8 +376,7 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
         run.job_name, parameters / 1e6, world_size, tokens_per_step, step, training.max_steps,
     )  # fmt: skip
 
-    def commit() -> None:
-        started = time.perf_counter()
+    def save(wait: bool) -> None:
         client_state = {
             "llmjob": {
                 "step": step,
@@ -318,14 +387,21 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
                 "config": run.model_dump(mode="json", by_alias=True),
             }
         }
-        saved = checkpointer.commit(engine, step, client_state)
-        seconds = time.perf_counter() - started
-        size = sum(p.stat().st_size for p in saved.rglob("*") if p.is_file())
-        metrics.checkpoint_duration_seconds.set(seconds)
-        metrics.checkpoint_size_bytes.set(size)
-        metrics.last_checkpoint_step.set(step)
+        checkpointer.save(step, client_state)
+        if wait or not checkpointer.asynchronous:
+            commit()
+
+    def commit() -> None:
+        done = checkpointer.commit_pending()
+        metrics.checkpoint_duration_seconds.set(done.seconds)
+        metrics.checkpoint_blocking_seconds.set(done.blocking_seconds)
+        metrics.checkpoint_size_bytes.set(done.size_bytes)
+        metrics.last_checkpoint_step.set(done.step)
         metrics.last_checkpoint_timestamp_seconds.set(time.time())
-        log.info("committed %s (%.1f MB in %.2f s)", saved.name, size / 1e6, seconds)
+        log.info(
+            "committed %s (%.1f MB in %.2f s, %.3f s blocking)",
+            done.checkpoint.name, done.size_bytes / 1e6, done.seconds, done.blocking_seconds,
+        )  # fmt: skip
 
     report_fabric(engine.device, metrics, nccl_log)
     on_gpu = engine.device.type == "cuda"
@@ -351,15 +427,17 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
         step += 1
         tokens_seen += tokens_per_step
         compute_seconds = time.perf_counter() - step_started
-        # One collective per step: every rank's loss, SIGTERM vote and step time.
-        flag = float(stop.requested)
+        # One collective per step: every rank's loss, SIGTERM vote, step time, and whether it
+        # has finished writing the checkpoint in flight.
+        flags = [float(stop.requested), compute_seconds, float(checkpointer.written())]
         # On the loss's device (NCCL gathers device tensors only).
-        on_device = [loss_sum.new_tensor(flag), loss_sum.new_tensor(compute_seconds)]
-        mine = torch.stack([loss_sum / len(micro_steps), *on_device])
+        mine = torch.stack([loss_sum / len(micro_steps), *(loss_sum.new_tensor(f) for f in flags)])
         ranks = [torch.zeros_like(mine) for _ in range(world_size)]
         dist.all_gather(ranks, mine)
         summary = torch.stack(ranks).cpu()
         loss_mean, stop_votes = summary[:, 0].mean().item(), summary[:, 1].sum().item()
+        if checkpointer.pending is not None and summary[:, 3].sum().item() == world_size:
+            commit()
         step_seconds = time.perf_counter() - step_started
         metrics.data_wait_seconds.set(data_wait)
         metrics.step_time_skew_seconds.set((summary[:, 2].max() - summary[:, 2].min()).item())
@@ -408,16 +486,18 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
                 math.exp(val_loss),
             )
         if last or stop_votes or step % run.checkpoint.interval_steps == 0:
-            commit()
+            save(wait=bool(last or stop_votes))
         if stop_votes and not last:
             log.warning("stopped by SIGTERM at step %d after committing its checkpoint", step)
             prefetcher.close()
+            checkpointer.close()
             metrics.close()
             return EXIT_STOPPED_BY_SIGTERM
 
     prefetcher.close()
     export_dir = Path(run.checkpoint.export_dir or Path(run.checkpoint.dir) / "export")
     export_model(engine, export_dir, tokenizer, is_master)
+    checkpointer.close()
     metrics.close()
     return EXIT_DONE
 
@@ -453,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:
         print(f"llmjob-train: unreadable data: {err}", file=sys.stderr)
         return EXIT_UNREADABLE_DATA
+    except (SupersededError, CheckpointReadError) as err:  # retryable: another attempt runs
+        print(f"llmjob-train: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
