@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from llmjob_devcluster.images import HOST_ENVIRONMENT_IMAGE
 from tests.integration.operator_process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,8 +71,15 @@ def install_monitoring_crds(kubectl: list[str]) -> None:
 
 def operator_values(**values: Any) -> dict[str, Any]:
     """Values for an install on the local cluster: pods share the host's network, so the
-    operator's ports must be free ones, not the defaults another operator may hold."""
-    return {"metricsPort": free_port(), "healthPort": free_port(), **values}
+    operator's ports must be free ones, not the defaults another operator may hold. The
+    operator runs from the chart's default image (`make images` built it); jobs without an
+    image get the host environment, where the stand-in workers run."""
+    return {
+        "metricsPort": free_port(),
+        "healthPort": free_port(),
+        "defaultTrainerImage": HOST_ENVIRONMENT_IMAGE,
+        **values,
+    }
 
 
 @contextlib.contextmanager
