@@ -34,6 +34,7 @@ lint: venv
 	$(VENV)/bin/mypy tests/trainer trainer_image/bench
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint operator/Dockerfile trainer_image/Dockerfile
+	"$$(bash dev/actionlint.sh)" .github/workflows/*.yaml
 
 crds: venv
 	$(PY) -m llmjob_operator.crd --out crds/llmtrainingjobs.training.llmjob.dev.yaml --out helm/llmjob-operator/crds/llmtrainingjobs.training.llmjob.dev.yaml

@@ -96,8 +96,17 @@ build() {
   buildah "${store[@]}" images --format '{{.Name}}:{{.Tag}} {{.Size}}' "$name" | sed 's/^/images: size /' >&2
 }
 
-build "ghcr.io/llmjob/operator:$version" operator/Dockerfile
-build "ghcr.io/llmjob/trainer:$version-cpu" trainer_image/Dockerfile VARIANT=cpu
+built=("ghcr.io/llmjob/operator:$version" "ghcr.io/llmjob/trainer:$version-cpu")
+build "${built[0]}" operator/Dockerfile
+build "${built[1]}" trainer_image/Dockerfile VARIANT=cpu
+# The GPU trainer (the release workflow; needs a registry for the CUDA base, and ~20 GB).
+if [[ ${LLMJOB_IMAGES_GPU:-0} = 1 ]]; then
+  cuda_base=$(sed -n 's/^ARG BASE_IMAGE=//p' "$repo/trainer_image/Dockerfile")
+  image_exists "$cuda_base" || buildah "${store[@]}" pull --quiet "docker.io/$cuda_base" >/dev/null
+  base=$cuda_base
+  built+=("ghcr.io/llmjob/trainer:$version-cuda")
+  build "${built[2]}" trainer_image/Dockerfile VARIANT=cuda
+fi
 
 "$venv/bin/python" -m llmjob_devcluster.images index --store "$images/storage" \
-  --out "$images/index.json" "ghcr.io/llmjob/operator:$version" "ghcr.io/llmjob/trainer:$version-cpu"
+  --out "$images/index.json" "${built[@]}"
