@@ -22,7 +22,7 @@ from typing import Any
 
 # A script run with -I: its package is found through the directory above it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from llmjob_devcluster.sandbox import bind, inside, mount
+from llmjob_devcluster.sandbox import inside, mount
 
 
 def mountpoint(root: Path, path: str, is_dir: bool) -> Path:
@@ -33,6 +33,13 @@ def mountpoint(root: Path, path: str, is_dir: bool) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.touch(exist_ok=True)
     return target
+
+
+def bind(source: str, target: Path, read_only: bool) -> None:
+    """Onto a mount point made beforehand (the root may be read-only by now)."""
+    mount("--bind", source, str(target))
+    if read_only:
+        mount("-o", "remount,bind,ro", str(target))
 
 
 def build_root(spec: dict[str, Any]) -> Path:
