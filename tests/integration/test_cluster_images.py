@@ -108,7 +108,7 @@ def test_a_container_runs_in_its_images_root_as_its_user_with_a_read_only_root(
     assert (report["uid"], report["gid"]) == (65532, 65532)
     assert report["home"] == "/nonexistent"
     assert report["path"].startswith("/opt/llmjob/bin:")
-    assert report["python"] == "/usr/bin/python3"
+    assert report["python"] == "/opt/llmjob/bin/python3"  # the venv of the image
     assert report["debian"].startswith("12.")
     assert not report["sees_host_checkout"]
     assert not report["root_writable"] and report["scratch_writable"]
