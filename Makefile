@@ -14,13 +14,18 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/dev
 export LLMJOB_CACHE
 
-.PHONY: help venv lint crds helm-lint test test-unit cluster cluster-down bench bench-gpu bench-operator bench-checkpoint demo test-e2e
+.PHONY: help venv images lint crds helm-lint test test-unit cluster cluster-down bench bench-gpu bench-operator bench-checkpoint demo test-e2e
 
 help:
-	@echo "make demo | test | test-unit | lint | crds | helm-lint | venv | cluster | cluster-down | bench | bench-gpu | bench-checkpoint"
+	@echo "make demo | test | test-unit | lint | images | crds | helm-lint | venv | cluster | cluster-down | bench | bench-gpu | bench-operator | bench-checkpoint"
 
 venv:
 	@LLMJOB_VENV=$(VENV) PYTHON_BASE=$(PYTHON_BASE) bash dev/venv.sh
+
+# The operator image and the CPU trainer image, built with buildah (no Docker engine) into
+# $(LLMJOB_CACHE)/images; rebuilt only when what they are built from changes (dev/images.sh).
+images: venv
+	@LLMJOB_VENV=$(VENV) bash dev/images.sh
 
 lint: venv
 	$(VENV)/bin/ruff check operator trainer_image dev tests
@@ -28,7 +33,8 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy tests/trainer trainer_image/bench
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/hadolint trainer_image/Dockerfile trainer_image/Dockerfile.cpu
+	$(VENV)/bin/hadolint operator/Dockerfile trainer_image/Dockerfile
+	"$$(bash dev/actionlint.sh)" .github/workflows/*.yaml
 
 crds: venv
 	$(PY) -m llmjob_operator.crd --out crds/llmtrainingjobs.training.llmjob.dev.yaml --out helm/llmjob-operator/crds/llmtrainingjobs.training.llmjob.dev.yaml
@@ -51,11 +57,11 @@ cluster-down: venv
 	$(DEVCLUSTER) down
 
 # Only the end-to-end suite (real trainers through the chart-installed operator).
-test-e2e: lint
+test-e2e: lint images
 	$(call on_cluster,$(PY) -m pytest -m e2e tests/e2e)
 
 # A real training job through the operator on the local cluster (README: what it does).
-demo: cluster
+demo: images cluster
 	$(PY) dev/demo.py
 
 # Operator startup/recovery seconds for 1 and 20 jobs at once, and what 1 and 20 running jobs
@@ -74,7 +80,7 @@ define on_cluster
 endef
 
 # The whole suite: lint, unit, cluster, operator, chart, trainer and end-to-end tests.
-test: lint
+test: lint images
 	$(call on_cluster,$(PY) -m pytest tests)
 
 # Figures, not tests: our trainer's tokens/s against a bare DeepSpeed loop, checkpoint I/O.

@@ -4,7 +4,10 @@ Installs the CRD and the operator with the helm chart, prepares the demo corpus 
 standard library's sources) onto a claim, applies examples/cpu-demo.yaml (2 workers,
 DeepSpeed ZeRO-2, the tiny GPT-2) and follows it as `kubectl get llmjob` does; then shows
 where the checkpoints and the exported model are, generates a sample from the exported
-model, and exits 0 only if the job Succeeded.
+model, and exits 0 only if the job Succeeded. The operator runs from the image `make images`
+built and the workers from the CPU trainer image; the operator stays installed, so the next
+`kubectl apply` of a job is reconciled, and the demo ends by saying how to submit one and
+how to stop everything.
 """
 
 import json
@@ -22,7 +25,7 @@ NAMESPACE = "llmjob-demo"
 OPERATOR_NAMESPACE = "llmjob-system"
 RELEASE = "llmjob-operator"
 JOB = "demo"
-TRAINER_IMAGE = "llmjob/trainer:0.1.0-cpu"
+TRAINER_IMAGE = "ghcr.io/llmjob/trainer:0.1.0-cpu"
 FOLLOW_TIMEOUT_SECONDS = 1200
 
 
@@ -174,24 +177,35 @@ def show_results(directory: Path) -> None:
     print(sample)
 
 
+def show_next_steps() -> None:
+    kubectl = f"{STATE / 'bin' / 'kubectl'} --kubeconfig={KUBECONFIG}"
+    helm = f"{STATE / 'bin' / 'helm'} --kubeconfig={KUBECONFIG}"
+    say(f"the operator stays installed (helm release {RELEASE} in {OPERATOR_NAMESPACE}). Next:")
+    print(
+        f"  submit a job:   {kubectl} apply -n {NAMESPACE} -f my-job.yaml"
+        f"   (start from examples/cpu-demo.yaml: a new metadata.name)\n"
+        f"  follow it:      {kubectl} get llmjob -n {NAMESPACE} -w\n"
+        f"  its logs:       {kubectl} logs -n {NAMESPACE} <job>-worker-0\n"
+        f"  stop the operator: {helm} uninstall {RELEASE} -n {OPERATOR_NAMESPACE}\n"
+        f"  stop everything:   make cluster-down   (the cluster, its pods and the operator)",
+        flush=True,
+    )
+
+
 def main() -> int:
     started = time.monotonic()
     metrics_port = install_operator()
-    try:
-        fresh_namespace()
-        prepare_data()
-        status = follow(metrics_port)
-    finally:
-        # One operator per cluster: the test suite installs its own. The job, its status
-        # and its checkpoints stay for `kubectl get llmjob -n llmjob-demo`.
-        say(f"uninstalling the demo's operator (helm release {RELEASE})")
-        tool("helm", "uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait")
+    fresh_namespace()
+    prepare_data()
+    status = follow(metrics_port)
     if status.get("phase") != "Succeeded":
         say("the job failed:")
         print(json.dumps(status.get("conditions"), indent=2))
+        show_next_steps()
         return 1
     show_results(checkpoint_dir())
     say(f"Succeeded in {time.monotonic() - started:.0f}s (setup included)")
+    show_next_steps()
     return 0
 
 

@@ -124,3 +124,22 @@ def dns_names(hostname: str, subdomain: str, namespace: str) -> list[str]:
 
 def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
+
+
+def container_command(
+    entrypoint: list[str], cmd: list[str], command: list[str], args: list[str]
+) -> list[str]:
+    """A container's command line as Kubernetes merges it with its image's: `command`
+    replaces the ENTRYPOINT (and drops the CMD), `args` replaces the CMD."""
+    if command:
+        return command + args
+    return entrypoint + (args or cmd)
+
+
+def image_user_ids(user: str) -> tuple[int | None, int | None]:
+    """The numeric uid and gid of an image's USER ("1000", "1000:1000", "name:group"),
+    None where a name must first be looked up in the image's /etc/passwd."""
+    name, _, group = user.partition(":")
+    uid = int(name) if name.isdigit() else (0 if not name else None)
+    gid = int(group) if group.isdigit() else None
+    return uid, gid

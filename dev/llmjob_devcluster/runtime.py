@@ -2,17 +2,21 @@
 
 A PodWorker thread owns one pod bound to one of the agent's nodes. It gives the pod a
 127.x address, materialises its volumes under .devcluster/pods/<uid>/, starts the pod
-sandbox (sandbox.py) in private mount+UTS namespaces, runs the init containers one
+sandbox (sandbox.py) in private mount+UTS namespaces, "pulls" each container's image (looks
+it up among the images `make images` built: images.py; an unknown one waits in
+ErrImagePull/ImagePullBackOff with events, as on a kubelet), runs the init containers one
 after the other and then the containers (each entered into the sandbox with nsenter and
-started by container_exec.py), restarts them according to restartPolicy, runs readiness
-probes, and reports everything in the pod's status. On deletion it sends SIGTERM, then
-SIGKILL after the grace period, and deletes the pod object, as the kubelet does.
+started by container_exec.py in the root filesystem of its image), restarts them according
+to restartPolicy, runs readiness probes, and reports everything in the pod's status. On
+deletion it sends SIGTERM, then SIGKILL after the grace period, and deletes the pod object,
+as the kubelet does.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -33,7 +37,7 @@ from typing import Any, Protocol
 import urllib3
 from kubernetes import client
 
-from llmjob_devcluster import kube, podprocs, podspec, processes
+from llmjob_devcluster import images, kube, podprocs, podspec, processes
 from llmjob_devcluster.layout import IMAGE_SOURCE_DIR, REPO_ROOT, Layout
 
 log = logging.getLogger("llmjob_devcluster.runtime")
@@ -41,8 +45,9 @@ log = logging.getLogger("llmjob_devcluster.runtime")
 HERE = Path(__file__).resolve().parent
 SANDBOX_SCRIPT = HERE / "sandbox.py"
 CONTAINER_EXEC_SCRIPT = HERE / "container_exec.py"
-# The host environment stands in for every image: the venv's programs first on PATH, and
-# the checkout's packages importable, as if they were installed in the image.
+# The host-environment image (images.HOST_ENVIRONMENT_IMAGE, the fast integration tests'
+# opt-in): the venv's programs first on PATH, and the checkout's packages importable, as if
+# they were installed in an image.
 VENV_BIN = Path(sys.executable).parent
 IMAGE_PATH = f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IMAGE_PYTHONPATH = ":".join(
@@ -52,6 +57,10 @@ IMAGE_PYTHONPATH = ":".join(
 POD_CONTAINER_EXEC_SCRIPT = f"{IMAGE_SOURCE_DIR}/{CONTAINER_EXEC_SCRIPT.relative_to(REPO_ROOT)}"
 TICK_SECONDS = 0.1
 MAX_RESTART_BACKOFF_SECONDS = 20.0
+# Image pull retries: the kubelet's back-off starts at 10s; shorter here, so that a pod
+# waiting for `make images` starts soon after it.
+MAX_PULL_BACKOFF_SECONDS = 30.0
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Pod tokens are requested for this long; the kubelet's default for projected tokens.
 TOKEN_SECONDS = 3607
 
@@ -80,6 +89,10 @@ class ContainerConfigError(Exception):
     """A container cannot be configured yet (missing configMap key, say): retried."""
 
 
+class ImagePullError(Exception):
+    """A container's image is not among the images built here: retried with back-off."""
+
+
 @dataclass
 class Container:
     spec: dict[str, Any]
@@ -94,6 +107,8 @@ class Container:
     last_probe: float = 0.0
     probe_successes: int = 0
     probe_failures: int = 0
+    image: images.Image | None = None  # once pulled; None for the host environment
+    pull_failures: int = 0
 
     @property
     def name(self) -> str:
@@ -142,6 +157,11 @@ class PodWorker(threading.Thread):
         self.start_time = kube.now()
         self.init_containers = [Container(c) for c in pod["spec"].get("initContainers") or []]
         self.containers = [Container(c) for c in pod["spec"]["containers"]]
+        # A pod runs from images unless every container names the host-environment image.
+        self.host_environment = all(
+            images.normalize(c.spec.get("image") or "") == images.HOST_ENVIRONMENT_IMAGE
+            for c in self.init_containers + self.containers
+        )
         self.condition_times: dict[str, tuple[str, str]] = {}
         self.published: dict[str, Any] | None = None
         self.finished = False  # the pod reached Succeeded/Failed and its processes are gone
@@ -149,6 +169,7 @@ class PodWorker(threading.Thread):
         self.shutdown = threading.Event()  # the agent stops: kill, but leave the API alone
         self.lost = threading.Event()  # the node is "lost": kill at once, touch nothing
         self.dir: Path = host.layout.pods_dir / self.uid
+        self.volume_sources: dict[str, Path] = {}  # volume name -> its directory
         self.log_dir = host.layout.log_dir / "pods" / f"{self.namespace}_{self.pod_name}_{self.uid}"
 
     # --- the pod object, as last seen by the agent's watch -------------------------------
@@ -358,6 +379,11 @@ class PodWorker(threading.Thread):
         if time.monotonic() < container.next_start:
             return False
         try:
+            self._pull(container)
+        except ImagePullError as error:
+            self._pull_failed(container, str(error))
+            return False
+        try:
             self._start_container(container)
         except (ContainerConfigError, client.ApiException, urllib3.exceptions.HTTPError) as error:
             container.state = {
@@ -369,11 +395,86 @@ class PodWorker(threading.Thread):
         self.publish()
         return True
 
-    def _identity(self, container: Container) -> tuple[int, int, list[int]]:
+    def _pull(self, container: Container) -> None:
+        """Finds the container's image among those built here (the index is re-read on each
+        try, so an image built meanwhile is found)."""
+        if self.host_environment or container.image is not None:
+            return
+        reference = str(container.spec.get("image") or "")
+        image = images.resolve(reference, images.load_index(images.index_path()))
+        if image is None:
+            raise ImagePullError(
+                f'Failed to pull image "{reference}": {images.normalize(reference)} is not '
+                "among the images built on this machine (make images)"
+            )
+        container.image = image
+        container.pull_failures = 0
+
+    def _pull_failed(self, container: Container, message: str) -> None:
+        """ErrImagePull on the first failure, ImagePullBackOff while waiting for the next
+        try, each with the kubelet's events."""
+        reference = str(container.spec.get("image") or "")
+        backoff = min(MAX_PULL_BACKOFF_SECONDS, 2.0 * 2**container.pull_failures)
+        container.pull_failures += 1
+        container.next_start = time.monotonic() + backoff
+        self._event(container, "Warning", "Failed", message)
+        if container.pull_failures == 1:
+            container.state = {"waiting": {"reason": "ErrImagePull", "message": message}}
+        else:
+            container.state = {
+                "waiting": {
+                    "reason": "ImagePullBackOff",
+                    "message": f'Back-off pulling image "{reference}": {message}',
+                }
+            }
+            self._event(container, "Normal", "BackOff", f'Back-off pulling image "{reference}"')
+        self.publish()
+
+    def _event(self, container: Container, kind: str, reason: str, message: str) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(
+                generate_name=f"{self.pod_name}.", namespace=self.namespace
+            ),
+            involved_object=client.V1ObjectReference(
+                api_version="v1",
+                kind="Pod",
+                namespace=self.namespace,
+                name=self.pod_name,
+                uid=self.uid,
+                field_path=f"spec.containers{{{container.name}}}",
+            ),
+            type=kind,
+            reason=reason,
+            message=message,
+            source=client.V1EventSource(component="kubelet", host=self.node),
+            reporting_component="kubelet",
+            reporting_instance=self.node,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            self.core.create_namespaced_event(self.namespace, event)
+        except (client.ApiException, urllib3.exceptions.HTTPError) as error:
+            log.warning("pod %s/%s: event not recorded: %s", self.namespace, self.pod_name, error)
+
+    def _identity(self, container: Container) -> tuple[int | None, int | None, list[int]]:
+        """uid, gid and groups; a None uid or gid is the image's USER, which container_exec
+        looks up in the image's /etc/passwd."""
         pod_context = self.pod["spec"].get("securityContext") or {}
         context = {**pod_context, **(container.spec.get("securityContext") or {})}
-        uid = int(context.get("runAsUser", 0))
-        gid = int(context.get("runAsGroup", 0))
+        image_uid, image_gid = (
+            podspec.image_user_ids(container.image.user) if container.image else (0, 0)
+        )
+        uid = int(context["runAsUser"]) if "runAsUser" in context else image_uid
+        gid = int(context["runAsGroup"]) if "runAsGroup" in context else image_gid
+        if context.get("runAsNonRoot") and uid is None:
+            assert container.image is not None
+            raise ContainerConfigError(
+                f"container has runAsNonRoot and image has non-numeric user "
+                f"({container.image.user}), cannot verify user is non-root"
+            )
         if context.get("runAsNonRoot") and uid == 0:
             raise ContainerConfigError(
                 "container has runAsNonRoot and image will run as root (no runAsUser set)"
@@ -381,18 +482,23 @@ class PodWorker(threading.Thread):
         groups = [int(g) for g in pod_context.get("supplementalGroups") or []]
         if pod_context.get("fsGroup") is not None:
             groups.append(int(pod_context["fsGroup"]))
-        return uid, gid, sorted({gid, *groups})
+        if self.host_environment:
+            gid = gid or 0
+        return uid, gid, sorted({*groups, *([gid] if gid is not None else [])})
 
-    def _environment(self, container: Container, uid: int) -> dict[str, str]:
+    def _environment(self, container: Container, uid: int | None) -> dict[str, str]:
+        """The image's environment, then the pod's, as a runtime merges them; HOME comes from
+        the user's entry in the image's /etc/passwd unless set (container_exec)."""
         layout = self.host.layout
-        try:
-            home = pwd.getpwuid(uid).pw_dir
-        except KeyError:
-            home = "/"
-        env: dict[str, str] = {
-            "PATH": IMAGE_PATH,
-            "PYTHONPATH": IMAGE_PYTHONPATH,
-            "HOME": home,
+        if container.image is not None:
+            env = {"PATH": DEFAULT_PATH, **container.image.env}
+        else:
+            try:
+                home = pwd.getpwuid(uid or 0).pw_dir
+            except KeyError:
+                home = "/"
+            env = {"PATH": IMAGE_PATH, "PYTHONPATH": IMAGE_PYTHONPATH, "HOME": home}
+        env |= {
             "HOSTNAME": self.hostname,
             "KUBERNETES_SERVICE_HOST": "127.0.0.1",
             "KUBERNETES_SERVICE_PORT": str(layout.apiserver_port),
@@ -450,37 +556,54 @@ class PodWorker(threading.Thread):
     def _command(self, container: Container, env: dict[str, str]) -> list[str]:
         command = [podspec.expand(part, env) for part in container.spec.get("command") or []]
         args = [podspec.expand(part, env) for part in container.spec.get("args") or []]
-        # There is no image metadata here: an image's ENTRYPOINT counts as empty, so
-        # `args` alone is the whole command line.
-        argv = command + args
+        image = container.image
+        argv = podspec.container_command(
+            image.entrypoint if image else [], image.cmd if image else [], command, args
+        )
         if not argv:
-            raise ContainerConfigError(
-                "no command or args: this node agent has no image entrypoint"
-            )
+            raise ContainerConfigError("no command specified")
         return argv
 
-    def _container_argv(self, container: Container) -> tuple[list[str], dict[str, str]]:
+    def _container_argv(
+        self, container: Container, probed: Container | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        """The command line that starts `container` in the pod; with `probed`, one that runs
+        in the root filesystem of that running container instead (exec probes)."""
         uid, gid, groups = self._identity(container)
         env = self._environment(container, uid)
-        spec = {
+        image = container.image
+        spec: dict[str, Any] = {
             "uid": uid,
             "gid": gid,
             "groups": groups,
-            "workingDir": container.spec.get("workingDir") or "/",
+            "workingDir": container.spec.get("workingDir")
+            or (image.working_dir if image else "")
+            or "/",
             "command": self._command(container, env),
         }
         assert self.sandbox is not None
-        argv = [
-            "nsenter",
-            f"--target={self.sandbox.pid}",
-            "--mount",
-            "--uts",
-            "--root",
-            sys.executable,
-            "-I",
-            POD_CONTAINER_EXEC_SCRIPT,
-            json.dumps(spec),
-        ]
+        enter = ["nsenter", f"--target={self.sandbox.pid}", "--mount", "--uts"]
+        if image is None:
+            argv = [*enter, "--root", sys.executable, "-I", POD_CONTAINER_EXEC_SCRIPT]
+            return [*argv, json.dumps(spec)], env
+        context = container.spec.get("securityContext") or {}
+        container_dir = self.dir / "containers" / (probed or container).name
+        spec |= {
+            "imageUser": image.user,
+            "join": probed is not None,
+            "rootfs": {
+                "layers": list(image.layers),
+                "root": str(container_dir / "root"),
+                "upper": str(container_dir / "upper"),
+                "work": str(container_dir / "work"),
+                "readOnly": bool(context.get("readOnlyRootFilesystem")),
+            },
+            "mounts": self._mounts([container]),
+            "shm": str(self.dir / "shm"),
+            "hostsFile": str(self.hosts_path()),
+            "hostnameFile": str(self.dir / "hostname"),
+        }
+        argv = [*enter, sys.executable, "-I", str(CONTAINER_EXEC_SCRIPT), json.dumps(spec)]
         return argv, env
 
     def _start_container(self, container: Container) -> None:
@@ -564,9 +687,10 @@ class PodWorker(threading.Thread):
         try:
             if "exec" in probe:
                 probe_container = Container(
-                    {**container.spec, "command": probe["exec"]["command"], "args": []}
+                    {**container.spec, "command": probe["exec"]["command"], "args": []},
+                    image=container.image,
                 )
-                argv, env = self._container_argv(probe_container)
+                argv, env = self._container_argv(probe_container, probed=container)
                 result = subprocess.run(
                     argv, check=False, env=env, capture_output=True, timeout=timeout
                 )
@@ -763,9 +887,10 @@ class PodWorker(threading.Thread):
             entry.chmod(mode | 0o060 | (0o2010 if entry.is_dir() else 0))
 
     def _prepare_volumes(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        """Returns the bind mounts for the sandbox and the memory-backed volume dirs."""
+        """Returns the bind mounts for a host-environment sandbox and the memory-backed
+        volume dirs."""
         volumes_dir = self.dir / "volumes"
-        sources: dict[str, Path] = {}
+        sources = self.volume_sources
         memory_dirs: dict[str, int] = {}
         while True:
             self._check_stop()
@@ -803,6 +928,11 @@ class PodWorker(threading.Thread):
                     }
                 self.publish()
                 time.sleep(1.0)
+        return self._mounts(self.init_containers + self.containers), memory_dirs
+
+    def _mounts(self, containers: list[Container]) -> list[dict[str, Any]]:
+        """The bind mounts of `containers`' volumeMounts, parents before children."""
+        sources = self.volume_sources
         # The kubelet always mounts API-data volumes read-only.
         read_only_volumes = {
             volume["name"]
@@ -810,7 +940,7 @@ class PodWorker(threading.Thread):
             if {"configMap", "secret", "downwardAPI", "projected"} & volume.keys()
         }
         mounts = []
-        for container in self.init_containers + self.containers:
+        for container in containers:
             for mount in container.spec.get("volumeMounts") or []:
                 source = sources[mount["name"]]
                 if mount.get("subPath"):
@@ -825,10 +955,10 @@ class PodWorker(threading.Thread):
                         or mount["name"] in read_only_volumes,
                     }
                 )
-        # All containers of a pod share one mount namespace here, so a path mounted by
-        # two containers gets the first one's volume (pods in this project agree on paths).
+        # In a host-environment pod all containers share one root, so a path mounted by two
+        # containers gets the first one's volume (pods in this project agree on paths).
         unique = {m["target"]: m for m in reversed(mounts)}
-        return sorted(unique.values(), key=lambda m: len(m["target"])), memory_dirs
+        return sorted(unique.values(), key=lambda m: len(m["target"]))
 
     def _start_sandbox(self, mounts: list[dict[str, Any]], memory_dirs: dict[str, int]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -844,7 +974,10 @@ class PodWorker(threading.Thread):
             for path in (REPO_ROOT, VENV_BIN.parent)
             if os.stat(path).st_dev != root_device
         ]
+        (self.dir / "shm").mkdir(exist_ok=True)
         setup = {
+            "images": not self.host_environment,
+            "shm": str(self.dir / "shm"),
             "root": str(self.dir / "root"),
             "upper": str(self.dir / "upper"),
             "work": str(self.dir / "work"),
@@ -983,7 +1116,7 @@ class PodWorker(threading.Thread):
         status: dict[str, Any] = {
             "name": container.name,
             "image": container.spec.get("image", ""),
-            "imageID": "",
+            "imageID": container.image.digest if container.image else "",
             "ready": container.ready,
             "restartCount": container.restart_count,
             "started": "running" in container.state,

@@ -2,12 +2,15 @@
 namespaces (started under `unshare --mount --uts --propagation private`), the
 equivalent of a container runtime's pause container.
 
-It builds the pod's root view: an overlay whose lower layer is the host's / (the host
-environment stands in for the image) and whose upper layer is private to the pod; the
-pod's volumes bind-mounted at their mountPaths; its own /etc/hosts and /dev/shm; its
-hostname. Then it chroots into that root and waits. Containers are entered into its
-namespaces and root with nsenter (see container_exec.py), so they share volumes the
-way containers of a pod do.
+For a pod whose containers run from images (the default), it holds what the pod's
+containers share: its hostname, its /dev/shm and its memory-backed emptyDirs, all in its
+namespaces only; each container then builds its own root filesystem from its image inside
+those namespaces (container_exec.py). For a pod of the host-environment image (an opt-in
+of the fast integration tests), it builds the pod's root view itself: an overlay whose lower
+layer is the host's / and whose upper layer is private to the pod; the pod's volumes
+bind-mounted at their mountPaths; its own /etc/hosts and /dev/shm. Then it chroots into
+that root and waits; containers are entered into its namespaces and root with nsenter, so
+they share volumes the way containers of a pod do.
 
 Standard library only: it runs as `python -I sandbox.py SETUP.json`.
 """
@@ -96,10 +99,25 @@ def build_root(setup: dict[str, Any]) -> Path:
     return root
 
 
+def share_memory(setup: dict[str, Any]) -> None:
+    """The tmpfs mounts of a pod whose containers run from images: in these namespaces only,
+    so the data lives in RAM and the host never sees it."""
+    mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", setup["shm"])
+    for memory_dir, mode in setup["memoryVolumes"].items():
+        mount("-t", "tmpfs", "-o", "mode=0777", "tmpfs", memory_dir)
+        Path(memory_dir).chmod(mode)
+
+
 def main() -> None:
     setup = json.loads(Path(sys.argv[1]).read_text())
-    root = build_root(setup)
     socket.sethostname(setup["hostname"])
+    if setup.get("images"):
+        share_memory(setup)
+        Path(setup["readyFile"]).write_text(str(os.getpid()))
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while True:
+            signal.pause()
+    root = build_root(setup)
     # Opened before the chroot hides the host path; written after it, so that the agent
     # enters containers into the finished root.
     with open(setup["readyFile"], "w") as ready:

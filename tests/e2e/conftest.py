@@ -68,12 +68,13 @@ def e2e_operator(
         client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
     )
     helm = Helm(kubeconfig, tmp_path_factory.mktemp("helm"))
-    # A run killed before its teardown leaves its release (and cluster-scoped roles) behind.
+    # A run killed before its teardown leaves its release (and cluster-scoped roles) behind,
+    # and `make demo` leaves its operator installed: one operator reconciles at a time.
     for release in json.loads(helm.run("list", "--all-namespaces", "--output=json").stdout):
-        if release["name"] == RELEASE:
-            helm.run("uninstall", RELEASE, "-n", release["namespace"], "--wait")
+        if release["name"] == RELEASE or release["chart"].startswith("llmjob-operator-"):
+            helm.run("uninstall", release["name"], "-n", release["namespace"], "--wait")
     values = operator_values(
-        defaultTrainerImage="llmjob/trainer:0.1.0-cpu",
+        defaultTrainerImage="ghcr.io/llmjob/trainer:0.1.0-cpu",
         extraArgs=["--progress-interval=2"],
         rbac={"create": True, "userRoles": False},
     )

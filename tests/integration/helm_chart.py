@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from llmjob_devcluster.images import HOST_ENVIRONMENT_IMAGE
 from tests.integration.operator_process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,14 +73,22 @@ def operator_values(**values: Any) -> dict[str, Any]:
     """Values for an install on the local cluster: pods share the host's network, so the
     operator's ports must be free ones, not the defaults another operator may hold. The
     API server calls the webhook at 127.0.0.1: no EndpointSlice takes a loopback pod IP, so
-    the chart's default (the Service) has no endpoint here."""
+    the chart's default (the Service) has no endpoint here. The operator runs from the chart's
+    default image (`make images` built it); jobs without an image get the host environment,
+    where the stand-in workers run."""
     port = free_port()
     webhook = {
         "port": port,
         "url": f"https://127.0.0.1:{port}/validate-llmtrainingjob",
         **values.pop("webhook", {}),
     }
-    return {"metricsPort": free_port(), "healthPort": free_port(), "webhook": webhook, **values}
+    return {
+        "metricsPort": free_port(),
+        "healthPort": free_port(),
+        "defaultTrainerImage": HOST_ENVIRONMENT_IMAGE,
+        "webhook": webhook,
+        **values,
+    }
 
 
 @contextlib.contextmanager

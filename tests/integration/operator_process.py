@@ -9,6 +9,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from llmjob_devcluster.images import HOST_ENVIRONMENT_IMAGE
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -59,7 +61,8 @@ class OperatorProcess:
             f"--metrics-port={self.metrics_port}",
             f"--health-port={self.health_port}",
             f"--progress-interval={self.progress_interval}",
-            "--default-image=llmjob/trainer:test",
+            # Stand-in workers run in the host environment: the fast tests' opt-in.
+            f"--default-image={HOST_ENVIRONMENT_IMAGE}",
             *self.extra_args,
         ]
         if self.webhook_cert_dir is not None:

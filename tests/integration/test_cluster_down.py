@@ -13,6 +13,7 @@ from kubernetes import client
 
 from llmjob_devcluster import kube, processes
 from llmjob_devcluster.cluster import COMPONENTS
+from llmjob_devcluster.images import HOST_ENVIRONMENT_IMAGE
 from llmjob_devcluster.layout import REPO_ROOT, Layout
 from tests.conftest import wait_for
 
@@ -73,7 +74,7 @@ def test_cluster_down_leaves_no_process_of_ours_running(tmp_path: Path, devclust
                         "containers": [
                             {
                                 "name": "main",
-                                "image": "llmjob/trainer:dev",
+                                "image": HOST_ENVIRONMENT_IMAGE,
                                 "command": ["sh", "-c", "echo $$$$ > /out/pid; exec sleep 3600"],
                                 "volumeMounts": [{"name": "out", "mountPath": "/out"}],
                             }

@@ -9,6 +9,7 @@ import pytest
 from kubernetes import client
 
 from llmjob_devcluster import kube
+from llmjob_devcluster.images import HOST_ENVIRONMENT_IMAGE
 from llmjob_devcluster.layout import Layout
 from tests.conftest import container_logs, read_pod, wait_for
 
@@ -77,7 +78,7 @@ def test_two_pods_behind_a_headless_service_reach_each_other_by_dns_name(
                         "containers": [
                             {
                                 "name": "main",
-                                "image": "llmjob/trainer:dev",
+                                "image": HOST_ENVIRONMENT_IMAGE,
                                 "command": ["python", "-c", PEER_SCRIPT, other, str(port)],
                                 "env": [
                                     {

@@ -9,6 +9,7 @@ import pytest
 from kubernetes import client
 
 from llmjob_devcluster import kube
+from llmjob_devcluster.images import HOST_ENVIRONMENT_IMAGE
 from llmjob_devcluster.layout import Layout
 from tests.conftest import read_pod, wait_for
 
@@ -51,7 +52,7 @@ def test_a_lost_node_goes_not_ready_and_its_pods_are_evicted(
                     "containers": [
                         {
                             "name": "main",
-                            "image": "llmjob/trainer:dev",
+                            "image": HOST_ENVIRONMENT_IMAGE,
                             "command": ["sleep", "3600"],
                         }
                     ],

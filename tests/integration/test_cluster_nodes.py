@@ -6,6 +6,7 @@ import pytest
 from kubernetes import client
 
 from llmjob_devcluster import kube
+from llmjob_devcluster.images import HOST_ENVIRONMENT_IMAGE
 from tests.conftest import read_pod, wait_for
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ def test_pod_asking_for_more_gpus_than_any_node_has_stays_pending(
             "containers": [
                 {
                     "name": "main",
-                    "image": "llmjob/trainer:dev",
+                    "image": HOST_ENVIRONMENT_IMAGE,
                     "command": ["true"],
                     "resources": {"requests": {GPU: too_many}, "limits": {GPU: too_many}},
                 }

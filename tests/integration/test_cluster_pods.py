@@ -11,12 +11,14 @@ import pytest
 from kubernetes import client
 
 from llmjob_devcluster import kube
+from llmjob_devcluster.images import HOST_ENVIRONMENT_IMAGE
 from llmjob_devcluster.layout import Layout
 from tests.conftest import container_logs, read_pod, wait_for
 
 pytestmark = pytest.mark.integration
 
-IMAGE = "llmjob/trainer:dev"  # recorded only: the host environment stands in for it
+# The node agent runs these pods in the host environment (the opt-in of fast tests).
+IMAGE = HOST_ENVIRONMENT_IMAGE
 
 
 def create(core: client.CoreV1Api, namespace: str, manifest: kube.Obj) -> None:

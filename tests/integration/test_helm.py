@@ -257,7 +257,7 @@ def test_install_reconciles_in_cluster_then_upgrade_and_uninstall_leave_nothing(
     job_ns = restricted_namespaces("team-a")
     release = "llmjob"
     service_account = f"system:serviceaccount:{release_ns}:{release}-llmjob-operator"
-    values = operator_values(defaultTrainerImage="llmjob/trainer:test")
+    values = operator_values()
     with installed(helm, release, release_ns, values):
         pod = operator_pod(api_client, release_ns, release)
         # Admitted in a namespace that enforces `restricted`, with the chart's account.
