@@ -12,6 +12,7 @@ import pytest
 from kubernetes import client
 
 from llmjob_devcluster import cluster, kube
+from llmjob_devcluster.images import HOST_ENVIRONMENT_IMAGE
 from llmjob_devcluster.layout import Layout
 from tests.conftest import read_pod, wait_for
 
@@ -64,7 +65,7 @@ def test_nodes_and_pods_recover_after_the_api_server_is_killed(
                 "spec": {
                     "restartPolicy": "Never",
                     "containers": [
-                        {"name": "main", "image": "llmjob/trainer:dev", "command": ["true"]}
+                        {"name": "main", "image": HOST_ENVIRONMENT_IMAGE, "command": ["true"]}
                     ],
                 },
             },
