@@ -140,7 +140,7 @@ class Controller:
         except ValidationError as error:
             self.progress.watch(key, None)
             invalid = plan_invalid(status, generation, explain_validation_error(error), now)
-            self._execute(kube, key, body, status, invalid, now)
+            self._execute(kube, body, status, invalid, now)
             return Outcome()
         ref = JobRef(name=key[1], namespace=key[0], uid=body["metadata"]["uid"])
         view = JobView(
@@ -155,7 +155,7 @@ class Controller:
         )
         desired = partial(render, ref, job.spec, self.render_settings)
         result = plan(view, lambda attempt: desired(attempt=attempt), observed, now)
-        deferred = self._execute(kube, key, body, status, result, now)
+        deferred = self._execute(kube, body, status, result, now)
         waits = [w for w in (result.requeue_after, deferred) if w is not None]
         return Outcome(requeue_after=min(waits) if waits else None)
 
@@ -203,7 +203,9 @@ class Controller:
         failed gang whose restart may be a disruption."""
         failure = status.last_failure
         settling = status.phase == "Restarting" or (
-            failure is not None and failure.attempt == status.attempt
+            status.phase in ("Pending", "Running")
+            and failure is not None
+            and failure.attempt == status.attempt
         )
         nodes = {
             w.node_name
@@ -216,7 +218,6 @@ class Controller:
     def _execute(
         self,
         kube: Kube,
-        key: JobKey,
         body: dict[str, Any],
         old: LLMTrainingJobStatus,
         result: Plan,

@@ -601,13 +601,12 @@ class _Planner:
         if seen is None or self.status.phase != "Running":
             return
         if seen.error is not None:
+            # The first error names the cause; later ones (time-outs vs refusals) would only
+            # rewrite the status.
             if not self.condition_is(PROGRESS_UNKNOWN_CONDITION):
                 self.events.append(
                     Event("Warning", "ProgressUnknown", f"cannot read progress: {seen.error}")
                 )
-            # The first error names the cause; later ones (time-outs vs refusals) would only
-            # rewrite the status.
-            if not self.condition_is(PROGRESS_UNKNOWN_CONDITION):
                 self.condition(
                     PROGRESS_UNKNOWN_CONDITION, True, "MetricsUnreadable", seen.error[:500]
                 )
