@@ -1092,16 +1092,24 @@ class PodWorker(threading.Thread):
         return float(grace)
 
     def _delete_pod_object(self) -> None:
-        """The kubelet's last word on a pod: delete it for good once its processes are gone."""
-        with contextlib.suppress(client.ApiException):
-            self.core.delete_namespaced_pod(
-                self.pod_name,
-                self.namespace,
-                grace_period_seconds=0,
-                body=client.V1DeleteOptions(
-                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=self.uid)
-                ),
-            )
+        """The kubelet's last word on a pod: delete it for good once its processes are gone.
+        Retried while the API server is unreachable (a restart), as a kubelet does: a pod
+        left Terminating would hold its name, and the next gang, for ever."""
+
+        def delete() -> None:
+            # An answer of any kind is final: gone already, or the name is another pod's.
+            with contextlib.suppress(client.ApiException):
+                self.core.delete_namespaced_pod(
+                    self.pod_name,
+                    self.namespace,
+                    grace_period_seconds=0,
+                    body=client.V1DeleteOptions(
+                        grace_period_seconds=0, preconditions=client.V1Preconditions(uid=self.uid)
+                    ),
+                    _request_timeout=kube.REQUEST_TIMEOUT,
+                )
+
+        kube.call_until_done(f"delete pod {self.namespace}/{self.pod_name}", delete, self.lost)
 
     # --- status ---------------------------------------------------------------------------
 
