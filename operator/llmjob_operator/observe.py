@@ -46,6 +46,8 @@ class WorkerState:
     finished_at: datetime | None = None
     started_at: datetime | None = None
     true_conditions: frozenset[str] = frozenset()
+    # The reason Kubernetes gave on the pod's DisruptionTarget condition (who took it away).
+    disruption_reason: str | None = None
     unschedulable_message: str | None = None
     status_reason: str | None = None
     created: datetime | None = None
@@ -72,6 +74,14 @@ def worker_state(pod: dict[str, Any]) -> WorkerState | None:
     status = pod.get("status") or {}
     conditions = status.get("conditions") or []
     true_conditions = frozenset(c["type"] for c in conditions if c.get("status") == "True")
+    disruption_reason = next(
+        (
+            c.get("reason")
+            for c in conditions
+            if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+        ),
+        None,
+    )
     unschedulable = next(
         (
             c.get("message") or c.get("reason") or "Unschedulable"
@@ -122,6 +132,7 @@ def worker_state(pod: dict[str, Any]) -> WorkerState | None:
         finished_at=finished_at,
         started_at=started_at,
         true_conditions=true_conditions,
+        disruption_reason=disruption_reason,
         unschedulable_message=unschedulable,
         status_reason=status.get("reason"),
         created=parse_time(meta.get("creationTimestamp")),

@@ -13,6 +13,16 @@ EXIT_SIGTERM_CHECKPOINTED = 143
 DISRUPTION_CONDITION = "DisruptionTarget"
 # Pod status reasons of a pod taken away by the cluster rather than failed by its program.
 DISRUPTION_REASONS = frozenset({"Evicted", "NodeLost", "Preempting", "Terminated"})
+# The DisruptionTarget condition's reasons (set by Kubernetes' own controllers) as the reason a
+# user reads in lastFailure: the taint manager and pod GC act on pods of an unreachable or
+# deleted node.
+DISRUPTION_TARGET_REASONS = {
+    "DeletionByTaintManager": "NodeLost",
+    "DeletionByPodGC": "NodeLost",
+    "PreemptionByScheduler": "Preempted",
+    "EvictionByEvictionAPI": "Evicted",
+    "TerminationByKubelet": "Terminated",
+}
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,8 @@ def default_verdict(worker: WorkerState) -> Verdict:
     """The trainer's exit-code contract, and Kubernetes' disruption signals."""
     text = _describe(worker)
     if DISRUPTION_CONDITION in worker.true_conditions:
-        return Verdict("RestartJobNotCounted", "Disrupted", text)
+        reason = DISRUPTION_TARGET_REASONS.get(worker.disruption_reason or "", "Disrupted")
+        return Verdict("RestartJobNotCounted", reason, text)
     if worker.status_reason in DISRUPTION_REASONS:
         return Verdict("RestartJobNotCounted", worker.status_reason, text)
     if worker.exit_code == EXIT_INVALID_CONFIG:

@@ -5,8 +5,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from llmjob_operator.api import FailurePolicy
-from llmjob_operator.observe import WorkerState
+from llmjob_operator.observe import WorkerState, worker_state
 from llmjob_operator.policy import backoff_seconds, classify, set_condition
+from llmjob_operator.render import ATTEMPT_LABEL, WORKER_INDEX_LABEL
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -30,6 +31,24 @@ def failed(exit_code: int | None = 1, **fields: object) -> WorkerState:
             "RestartJobNotCounted",
             "Disrupted",
         ),
+        (
+            failed(
+                137,
+                true_conditions=frozenset({"DisruptionTarget"}),
+                disruption_reason="DeletionByTaintManager",
+            ),
+            "RestartJobNotCounted",
+            "NodeLost",
+        ),
+        (
+            failed(
+                137,
+                true_conditions=frozenset({"DisruptionTarget"}),
+                disruption_reason="PreemptionByScheduler",
+            ),
+            "RestartJobNotCounted",
+            "Preempted",
+        ),
         (failed(None, status_reason="Evicted"), "RestartJobNotCounted", "Evicted"),
         (failed(None, status_reason="NodeLost"), "RestartJobNotCounted", "NodeLost"),
     ],
@@ -40,6 +59,29 @@ def test_default_rules_follow_the_trainer_exit_code_contract(
     verdict = classify(worker, FailurePolicy())
     assert (verdict.action, verdict.reason) == (action, reason)
     assert "worker 1" in verdict.message
+
+
+def test_a_pod_the_taint_manager_deleted_off_a_lost_node_reads_as_node_lost() -> None:
+    """The node lifecycle controller marks the pods of an unreachable node with DisruptionTarget
+    (reason DeletionByTaintManager): the user reads NodeLost, not a generic disruption."""
+    pod = {
+        "metadata": {
+            "name": "j-worker-1",
+            "labels": {WORKER_INDEX_LABEL: "1", ATTEMPT_LABEL: "1"},
+            "deletionTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "Ready", "status": "False"},
+                {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager"},
+            ],
+        },
+    }
+    worker = worker_state(pod)
+    assert worker is not None and worker.disruption_reason == "DeletionByTaintManager"
+    verdict = classify(worker, FailurePolicy())
+    assert (verdict.action, verdict.reason) == ("RestartJobNotCounted", "NodeLost")
 
 
 def test_user_rules_are_tried_in_order_before_the_defaults() -> None:
