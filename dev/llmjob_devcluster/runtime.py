@@ -53,6 +53,9 @@ IMAGE_PATH = f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 IMAGE_PYTHONPATH = ":".join(
     f"{IMAGE_SOURCE_DIR}/{part}" for part in ("operator", "trainer_image", "dev")
 )
+# The trainer image's entrypoint, less tini (the host has none): operator-rendered pods set
+# only `args`, as they do for the real image.
+HOST_ENVIRONMENT_ENTRYPOINT = ["llmjob-launch"]
 # container_exec.py as the pod sees it (it runs inside the pod's root).
 POD_CONTAINER_EXEC_SCRIPT = f"{IMAGE_SOURCE_DIR}/{CONTAINER_EXEC_SCRIPT.relative_to(REPO_ROOT)}"
 TICK_SECONDS = 0.1
@@ -557,9 +560,12 @@ class PodWorker(threading.Thread):
         command = [podspec.expand(part, env) for part in container.spec.get("command") or []]
         args = [podspec.expand(part, env) for part in container.spec.get("args") or []]
         image = container.image
-        argv = podspec.container_command(
-            image.entrypoint if image else [], image.cmd if image else [], command, args
-        )
+        if image is not None:
+            entrypoint, cmd = image.entrypoint, image.cmd
+        else:
+            entrypoint = HOST_ENVIRONMENT_ENTRYPOINT if self.host_environment else []
+            cmd = []
+        argv = podspec.container_command(entrypoint, cmd, command, args)
         if not argv:
             raise ContainerConfigError("no command specified")
         return argv

@@ -25,7 +25,6 @@ DEEPSPEED_CONFIG_KEY = "ds_config.json"
 CACHE_DIR = "/cache"
 RENDEZVOUS_PORT = 29500
 CONTAINER_NAME = "trainer"
-LAUNCHER = "llmjob-launch"
 # The unprivileged user of the trainer image (trainer_image/Dockerfile).
 TRAINER_UID = 1000
 # Time for the trainer's own SIGTERM path (finish the step, commit) plus process exit.
@@ -277,7 +276,9 @@ def _container(
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image or settings.default_image,
-        "command": [LAUNCHER],
+        # `args` only: the image's ENTRYPOINT (`tini -- llmjob-launch` in ours) stays, so tini
+        # is the container's first process and reaps the zombies DeepSpeed's launcher leaves.
+        # An image of one's own must keep that entrypoint (FROM ours does).
         "args": launcher_args(job, spec, index),
         "env": worker_env(job, spec, index, attempt, config_hash),
         "ports": [

@@ -73,7 +73,9 @@ def test_launcher_runs_as_node_rank_with_worker_zero_as_master() -> None:
     desired = rendered(workers=2)
     for index, pod in enumerate(desired.pods):
         container = pod["spec"]["containers"][0]
-        assert container["command"] == ["llmjob-launch"]
+        # No `command`: the image's ENTRYPOINT (tini -- llmjob-launch) is what runs, so tini is
+        # the container's first process.
+        assert "command" not in container
         assert f"--node-rank={index}" in container["args"]
         assert "--master-addr=llama-worker-0.llama.team-a.svc" in container["args"]
         assert "--hostfile=/etc/llmjob/hostfile" in container["args"]
@@ -83,7 +85,7 @@ def test_user_command_runs_under_the_launcher_contract() -> None:
     container = rendered(command=["python", "my_train.py"], args=["--lr", "1e-4"]).pods[0]["spec"][
         "containers"
     ][0]
-    assert container["command"] == ["llmjob-launch"]
+    assert "command" not in container
     assert container["args"][-5:] == ["--", "python", "my_train.py", "--lr", "1e-4"]
     assert "readinessProbe" not in container
 
