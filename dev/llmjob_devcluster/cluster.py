@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -184,14 +187,20 @@ def component_argv(layout: Layout, bin_dir: Path, name: str) -> list[str]:
     raise ValueError(name)
 
 
-def _https_ok(url: str, layout: Layout, client_cert: bool) -> bool:
+def _admin_context(layout: Layout) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(layout.pki_dir / "ca.crt"))
+    context.load_cert_chain(
+        str(layout.pki_dir / f"{ADMIN.name}.crt"), str(layout.pki_dir / f"{ADMIN.name}.key")
+    )
+    return context
+
+
+def _https_ok(url: str, layout: Layout, client_cert: bool) -> bool:
     if client_cert:
-        context.load_cert_chain(
-            str(layout.pki_dir / f"{ADMIN.name}.crt"), str(layout.pki_dir / f"{ADMIN.name}.key")
-        )
+        context = _admin_context(layout)
     else:
         # kube-controller-manager and kube-scheduler serve self-signed health endpoints.
+        context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     try:
@@ -301,12 +310,15 @@ def restart(
     kill_signal: signal.Signals = signal.SIGKILL,
 ) -> None:
     """Kills one running component (SIGKILL by default: a crash, no graceful shutdown),
-    keeps it down for `down_seconds`, starts it again and returns once it is healthy.
+    keeps it down for `down_seconds`, starts it again and returns once it is healthy (the
+    API server: once the controllers and the scheduler see new objects again).
     For failure tests: what every client of the component does meanwhile is real."""
     _kill(layout, name, kill_signal)
     log(f"{name} stays down for {down_seconds:g}s")
     time.sleep(down_seconds)
     start_component(layout, layout.bin_link.resolve(), name)
+    if name == "kube-apiserver":
+        wait_caught_up(layout)
 
 
 def _kill(layout: Layout, name: str, kill_signal: signal.Signals) -> None:
@@ -334,6 +346,79 @@ def _etcd(layout: Layout, method: str, body: dict[str, object]) -> dict[str, obj
     return result
 
 
+def _api(layout: Layout, method: str, path: str, body: dict[str, object] | None = None) -> Any:
+    """One call to kube-apiserver as the cluster admin; the decoded JSON answer."""
+    request = urllib.request.Request(
+        f"{layout.apiserver_url}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, context=_admin_context(layout), timeout=10) as response:
+        return json.load(response)
+
+
+def _poll(what: str, check: Callable[[], bool], deadline: float) -> float:
+    """Seconds until `check` held (errors count as not yet: the server may still be coming up)."""
+    start = time.monotonic()
+    while True:
+        with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
+            if check():
+                return time.monotonic() - start
+        if time.monotonic() > deadline:
+            raise SystemExit(f"devcluster: {what} not caught up after the API server restart")
+        time.sleep(0.2)
+
+
+def wait_caught_up(layout: Layout, timeout: float = 180) -> None:
+    """Returns once kube-controller-manager and kube-scheduler see new objects again after a
+    kube-apiserver restart. Their informers reconnect with client-go's backoff, which grows
+    with every failed try and resets only after two quiet minutes: after a watch expiry,
+    measured here, a new namespace waited up to 11 s for its ServiceAccount and a new pod
+    45 s for the scheduler. Failure tests about other programs wait this out first."""
+    deadline = time.monotonic() + timeout
+    namespace = f"devcluster-probe-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+    _poll(
+        "creating a namespace",
+        lambda: bool(_api(layout, "POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})),
+        deadline,
+    )
+    try:
+        controllers = _poll(
+            "kube-controller-manager",
+            lambda: bool(
+                _api(layout, "GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/default")
+            ),
+            deadline,
+        )
+        # A pod no node can hold: the scheduler's verdict shows it sees new pods, and no
+        # node agent ever runs it.
+        pod = {
+            "metadata": {"name": "probe"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "probe",
+                        "image": "devcluster.local/never-runs:latest",
+                        "resources": {"requests": {"cpu": "100000"}},
+                    }
+                ]
+            },
+        }
+        _api(layout, "POST", f"/api/v1/namespaces/{namespace}/pods", pod)
+
+        def judged() -> bool:
+            probe = _api(layout, "GET", f"/api/v1/namespaces/{namespace}/pods/probe")
+            conditions = (probe.get("status") or {}).get("conditions") or []
+            return any(c.get("type") == "PodScheduled" for c in conditions)
+
+        scheduler = _poll("kube-scheduler", judged, deadline)
+        log(f"controllers caught up in {controllers:.1f}s, the scheduler in {scheduler:.1f}s")
+    finally:
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            _api(layout, "DELETE", f"/api/v1/namespaces/{namespace}")
+
+
 def expire_watches(layout: Layout) -> int:
     """Makes every resourceVersion handed out before this call too old to watch from: a
     watch resumed from one gets 410 Gone ("too old resource version"), so the watcher
@@ -355,6 +440,7 @@ def expire_watches(layout: Layout) -> int:
     revision = int(header["revision"])
     _etcd(layout, "kv/compaction", {"revision": revision, "physical": True})
     start_component(layout, layout.bin_link.resolve(), "kube-apiserver")
+    wait_caught_up(layout)
     return revision
 
 

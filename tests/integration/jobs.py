@@ -97,7 +97,24 @@ class Jobs:
             if predicate(status):
                 return status
             time.sleep(0.5)
-        raise AssertionError(f"{name}: no {what} after {timeout}s; status: {status}")
+        pods = self.describe_pods(name)
+        raise AssertionError(f"{name}: no {what} after {timeout}s; status: {status}; pods: {pods}")
+
+    def describe_pods(self, name: str) -> list[str]:
+        """One line per pod of the job, for a failed wait's message: where a gang is stuck."""
+        lines = []
+        for pod in self.pods(name):
+            waiting = [
+                s.state.waiting.reason
+                for s in pod.status.container_statuses or []
+                if s.state and s.state.waiting
+            ]
+            lines.append(
+                f"{pod.metadata.name} attempt={pod.metadata.labels.get(ATTEMPT_LABEL)} "
+                f"uid={pod.metadata.uid[:8]} phase={pod.status.phase} node={pod.spec.node_name} "
+                f"deleting={pod.metadata.deletion_timestamp is not None} waiting={waiting}"
+            )
+        return lines
 
     def wait_phase(self, name: str, phase: str, timeout: float = 300) -> dict[str, Any]:
         return self.wait(name, lambda s: s.get("phase") == phase, timeout, f"phase {phase}")

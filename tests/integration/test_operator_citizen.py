@@ -5,6 +5,7 @@ its API budget read from kube-apiserver's own counters, ownership by UID, tenant
 import signal
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,10 @@ from tests.integration.operator_process import OperatorProcess
 pytestmark = pytest.mark.integration
 
 PROGRESS_INTERVAL = 2.0
+# The survivor's failure step in the node-loss test: well after the node is seen lost (its
+# Lease unrenewed for LEASE_STALE_SECONDS; the agent renews every 2 s, a step takes 1 s).
+SURVIVOR_FAILS_AT = 14
+LEASE_STALE_SECONDS = 5
 WINDOW_SECONDS = 60
 
 
@@ -254,13 +259,18 @@ def test_node_loss_with_default_settings_is_a_disruption(
 ) -> None:
     """As with real ranks: the survivor fails (its collective broke) before the cluster marks
     the lost node's pod. The restart is at once, then given back once the node is NotReady."""
-    jobs.create(standin_job("stranded", venv_bin, standin={"steps": 40, "fail": "0:1:1:6"}))
+    fail = f"0:1:1:{SURVIVOR_FAILS_AT}"
+    jobs.create(standin_job("stranded", venv_bin, standin={"steps": 40, "fail": fail}))
     jobs.wait("stranded", lambda s: (s.get("progress") or {}).get("step", 0) >= 2, timeout=120)
     node = jobs.core.read_namespaced_pod("stranded-worker-1", jobs.namespace).spec.node_name
     marker: Path = devcluster.control_dir / f"lost-{node}"
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
     try:
+        # The node is lost once its Lease stops being renewed; only then may the survivor
+        # fail, or the stranded pod would be deleted by a node that still answers.
+        wait_for_lease_expiring(api_client, node)
+        assert jobs.status("stranded").get("attempt") == 1, "the survivor failed too early"
         restarted = jobs.wait("stranded", lambda s: s.get("attempt") == 2, timeout=240)
     finally:
         marker.unlink(missing_ok=True)
@@ -268,6 +278,17 @@ def test_node_loss_with_default_settings_is_a_disruption(
     assert (restarted["restarts"], restarted["disruptions"]) == (0, 1), restarted
     assert restarted["lastFailure"]["reason"] == "NodeLost", restarted
     assert "RestartReclassified" in {e.reason for e in jobs.events("stranded")}
+
+
+def wait_for_lease_expiring(api_client: client.ApiClient, node: str) -> None:
+    """Until the node's Lease has gone unrenewed for a few seconds (its agent went deaf)."""
+    leases = client.CoordinationV1Api(api_client)
+
+    def stale() -> bool:
+        renewed = leases.read_namespaced_lease(node, "kube-node-lease").spec.renew_time
+        return (datetime.now(UTC) - renewed).total_seconds() > LEASE_STALE_SECONDS
+
+    wait_for(stale, 30, f"{node}'s Lease to stop being renewed")
 
 
 def wait_for_node_ready(api_client: client.ApiClient, node: str) -> None:
