@@ -40,6 +40,7 @@ STUCK_TERMINATION_MARGIN = timedelta(seconds=30)
 # Pod waiting reasons that mean the container cannot start until someone fixes the spec or image.
 IMAGE_WAITING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
 PROGRESS_UNKNOWN_CONDITION = "ProgressUnknown"
+CHECKPOINT_FALLBACK_CONDITION = "CheckpointFallback"
 # How soon to look again while waiting for pods to go away (their events also wake us).
 TEARDOWN_POLL_SECONDS = 2.0
 
@@ -613,6 +614,24 @@ class _Planner:
         elif self.condition_is(PROGRESS_UNKNOWN_CONDITION):
             self.condition(PROGRESS_UNKNOWN_CONDITION, False, "MetricsRead", "progress read")
 
+    def record_checkpoint_fallback(self, seen: TrainerProgress | None) -> None:
+        """The trainer passed over committed checkpoints that failed to load at this attempt's
+        resume (it marks them bad and keeps them): said once per attempt, in a condition that
+        stays as the record (a later clean attempt does not make the bad files good) and in
+        one Warning event. The same read on every pass changes nothing."""
+        if seen is None or seen.error is not None or seen.checkpoint_bad_step is None:
+            return
+        if seen.checkpoint_fallbacks <= 0:
+            return
+        message = fallback_message(self.status.attempt, seen)
+        if any(
+            c.type == CHECKPOINT_FALLBACK_CONDITION and c.status == "True" and c.message == message
+            for c in self.status.conditions
+        ):
+            return
+        self.events.append(Event("Warning", "CheckpointUnloadable", message))
+        self.condition(CHECKPOINT_FALLBACK_CONDITION, True, "CheckpointUnloadable", message)
+
     def running(self) -> None:
         current = self.current_workers()
         stale = [w for w in self.observed.workers if w.attempt != self.status.attempt]
@@ -730,6 +749,7 @@ class _Planner:
                 self.restarting()
             else:
                 self.record_progress(self.observed.progress)
+                self.record_checkpoint_fallback(self.observed.progress)
                 self.running()
         self.count_workers()
         return Plan(
@@ -740,6 +760,24 @@ class _Planner:
             restart_reasons=self.restart_reasons,
             requeue_after=min(self.requeue) if self.requeue else None,
         )
+
+
+def fallback_message(attempt: int, seen: TrainerProgress) -> str:
+    """What a checkpoint fallback cost, in words: the bad step(s) and where training resumed."""
+    if seen.checkpoint_fallbacks == 1:
+        bad = f"the committed checkpoint at step {seen.checkpoint_bad_step} failed to load and was"
+    else:
+        bad = (
+            f"{seen.checkpoint_fallbacks} committed checkpoints, down to step "
+            f"{seen.checkpoint_bad_step}, failed to load and were"
+        )
+    if seen.resumed_step is None:
+        resumed = "resumed from an earlier commit"
+    elif seen.resumed_step == 0:
+        resumed = "started from step 0 (no earlier commit)"
+    else:
+        resumed = f"resumed from step {seen.resumed_step}"
+    return f"attempt {attempt}: {bad} marked bad (kept on the volume); {resumed}"
 
 
 def _without_progress(status: LLMTrainingJobStatus) -> dict[str, Any]:

@@ -154,6 +154,29 @@ def test_suspend_then_resume_continues_as_a_new_attempt(jobs: Jobs, venv_bin: st
     assert done["suspendedSeconds"] >= 1
 
 
+def test_a_checkpoint_fallback_is_reported_once_and_the_job_finishes(
+    jobs: Jobs, venv_bin: str
+) -> None:
+    jobs.create(
+        standin_job("fellback", venv_bin, workers=1, standin={"steps": 4, "fallback": "1:4:2"})
+    )
+    reported = jobs.wait(
+        "fellback",
+        lambda s: (condition(s, "CheckpointFallback") or {}).get("status") == "True",
+        timeout=120,
+        what="CheckpointFallback condition",
+    )
+    fallback = condition(reported, "CheckpointFallback")
+    assert fallback is not None
+    assert fallback["reason"] == "CheckpointUnloadable"
+    assert "checkpoint at step 4 failed to load" in fallback["message"]
+    assert "resumed from step 2" in fallback["message"]
+    done = jobs.wait_phase("fellback", "Succeeded")
+    assert condition(done, "CheckpointFallback") == fallback, "the condition was rewritten"
+    warnings = [e for e in jobs.events("fellback") if e.reason == "CheckpointUnloadable"]
+    assert [(e.type, e.message) for e in warnings] == [("Warning", fallback["message"])]
+
+
 def test_active_deadline_fails_the_job_and_stops_the_workers(jobs: Jobs, venv_bin: str) -> None:
     jobs.create(
         standin_job(

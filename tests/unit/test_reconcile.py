@@ -1,9 +1,10 @@
 """reconcile.plan: tables of observed states -> status and actions, with an injected clock."""
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from llmjob_operator.api import LLMTrainingJobSpec, LLMTrainingJobStatus
+from llmjob_operator.api import Condition, LLMTrainingJobSpec, LLMTrainingJobStatus
 from llmjob_operator.observe import NodeHealth, Observed, TrainerProgress, WorkerState
 from llmjob_operator.reconcile import (
     ApplyObject,
@@ -284,6 +285,94 @@ def test_an_unreachable_rank0_means_progress_unknown_never_a_stall() -> None:
     )
     cleared = next(c for c in again.status.conditions if c.type == "ProgressUnknown")
     assert (cleared.status, cleared.reason) == ("False", "MetricsRead")
+
+
+def test_a_checkpoint_fallback_is_a_condition_and_one_event_written_once() -> None:
+    fell_back = TrainerProgress(
+        step=101,
+        last_step_time=ago(1),
+        read_time=NOW,
+        checkpoint_fallbacks=1,
+        checkpoint_bad_step=200,
+        resumed_step=100,
+    )
+    status = running_status(attempt=2, progress={"step": 100, "updatedTime": ago(1).isoformat()})
+    workers = [worker(0, attempt=2), worker(1, attempt=2)]
+    first = run(status=status, workers=workers, progress=fell_back)
+    fallback = next(c for c in first.status.conditions if c.type == "CheckpointFallback")
+    assert (fallback.status, fallback.reason) == ("True", "CheckpointUnloadable")
+    assert fallback.message == (
+        "attempt 2: the committed checkpoint at step 200 failed to load and was marked bad "
+        "(kept on the volume); resumed from step 100"
+    )
+    assert [(e.type, e.reason, e.message) for e in first.events] == [
+        ("Warning", "CheckpointUnloadable", fallback.message)
+    ]
+    assert first.status.phase == "Running"
+    assert first.actions == []
+    assert status_write_due(LLMTrainingJobStatus.model_validate(status), first.status, NOW, 30) == 0
+    # The trainer exports the same figures for the whole attempt: a later pass adds no event
+    # and no write; steps advancing are progress, on the progress budget (deferred).
+    again = run(
+        status=first.status.model_dump(mode="json", by_alias=True),
+        workers=workers,
+        progress=fell_back,
+    )
+    assert again.events == []
+    assert status_write_due(first.status, again.status, NOW, 30) is None
+    later = run(
+        status=first.status.model_dump(mode="json", by_alias=True),
+        workers=workers,
+        progress=dataclasses.replace(fell_back, step=102),
+    )
+    assert later.events == []
+    assert later.status.conditions == first.status.conditions
+    assert status_write_due(first.status, later.status, NOW, 30) == 30
+
+
+def test_each_attempts_fallback_is_reported_and_a_clean_attempt_keeps_the_record() -> None:
+    earlier = {
+        "type": "CheckpointFallback",
+        "status": "True",
+        "reason": "CheckpointUnloadable",
+        "message": "attempt 2: the committed checkpoint at step 200 failed to load and was "
+        "marked bad (kept on the volume); resumed from step 100",
+        "lastTransitionTime": ago(600).isoformat(),
+    }
+    workers = [worker(0, attempt=3), worker(1, attempt=3)]
+    clean = run(
+        status=running_status(attempt=3, conditions=[earlier]),
+        workers=workers,
+        progress=TrainerProgress(step=150, read_time=NOW, resumed_step=140),
+    )
+    assert clean.events == []
+    kept = [c for c in clean.status.conditions if c.type == "CheckpointFallback"]
+    assert kept == [Condition.model_validate(earlier)]
+    twice = run(
+        status=running_status(attempt=3, conditions=[earlier]),
+        workers=workers,
+        progress=TrainerProgress(
+            step=1, read_time=NOW, checkpoint_fallbacks=2, checkpoint_bad_step=50, resumed_step=0
+        ),
+    )
+    fallback = next(c for c in twice.status.conditions if c.type == "CheckpointFallback")
+    assert fallback.message == (
+        "attempt 3: 2 committed checkpoints, down to step 50, failed to load and were marked "
+        "bad (kept on the volume); started from step 0 (no earlier commit)"
+    )
+    assert [e.reason for e in twice.events] == ["CheckpointUnloadable"]
+    # Still True: the transition time is the first fallback's.
+    assert fallback.last_transition_time == ago(600)
+
+
+def test_a_failed_read_reports_no_fallback() -> None:
+    result = run(
+        status=running_status(),
+        workers=[worker(0), worker(1)],
+        progress=TrainerProgress(error="refused", checkpoint_fallbacks=1, checkpoint_bad_step=9),
+    )
+    assert not any(c.type == "CheckpointFallback" for c in result.status.conditions)
+    assert "CheckpointUnloadable" not in {e.reason for e in result.events}
 
 
 def test_the_stall_clock_is_the_trainers_own_last_step_time() -> None:

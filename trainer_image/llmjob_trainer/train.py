@@ -356,6 +356,7 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
     metrics.world_size.set(world_size)
     metrics.attempt.set(int(os.environ.get("LLMJOB_ATTEMPT", "0")))
     metrics.step.set(step)
+    metrics.resumed_step.set(step)
     metrics.tokens.inc(tokens_seen)
     if step:
         metrics.last_checkpoint_step.set(step)
