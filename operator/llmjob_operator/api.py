@@ -241,6 +241,12 @@ class CheckpointSpec(ApiModel):
         default="Auto",
         description="Auto resumes from the newest committed checkpoint; Never starts over.",
     )
+    async_save: bool = Field(
+        default=True,
+        description="Write checkpoints in the background while training goes on; the commit "
+        "(manifest, then latest) follows once every rank's files are durable, and SIGTERM "
+        "still ends with a committed checkpoint. False blocks training for each write.",
+    )
     save_timeout_seconds: int = Field(
         default=600,
         ge=30,
@@ -591,6 +597,7 @@ class LLMTrainingJobSpec(ApiModel):
                 interval_steps=self.checkpoint.interval_steps,
                 keep_last=self.checkpoint.keep_last,
                 resume=self.checkpoint.resume,
+                async_save=self.checkpoint.async_save,
             ),
             metrics_port=self.metrics_port,
         )
