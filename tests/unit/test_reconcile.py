@@ -749,6 +749,51 @@ def test_a_spec_change_of_a_running_gang_starts_a_new_attempt_uncounted() -> Non
     assert result.status.restart_after == NOW
 
 
+def test_editing_workers_starts_a_new_attempt_with_the_new_gang_size() -> None:
+    settings = RenderSettings(default_image="img")
+    for old_size, new_size in ((2, 1), (1, 3)):
+        old_spec = spec(workers=old_size)
+        new_spec = spec(workers=new_size)
+        old = render(REF, old_spec, settings, 1)
+        workers = [
+            worker(i, uid=f"p{i}", spec_hash=with_spec_hash(p)["metadata"]["annotations"][
+                SPEC_HASH_ANNOTATION])
+            for i, p in enumerate(old.pods)
+        ]  # fmt: skip
+        edited = run(status=running_status(), workers=workers, job_spec=new_spec)
+        assert edited.status.phase == "Restarting", (old_size, new_size)
+        assert (edited.status.restarts, edited.status.disruptions) == (0, 0)
+        assert deleted(edited) == {w.name for w in workers}
+        assert created_pods(edited) == []
+        # Once the old gang is gone: attempt 2 with the new size, and the ConfigMap (still
+        # the old gang's hostfile) applied again.
+        old_hashes = {
+            object_key(b): with_spec_hash(b)["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+            for b in old.all
+            if b["kind"] != "Pod"
+        }
+        view = JobView(REF, 4, ago(600), new_spec, edited.status)
+        started = plan(
+            view,
+            lambda attempt, s=new_spec: render(REF, s, settings, attempt),
+            Observed(applied_hashes=old_hashes),
+            NOW,
+        )
+        assert started.status.attempt == 2
+        pods = created_pods(started)
+        assert [p["metadata"]["name"] for p in pods] == [f"j-worker-{i}" for i in range(new_size)]
+        assert {p["metadata"]["labels"][ATTEMPT_LABEL] for p in pods} == {"2"}
+        env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
+        assert env["LLMJOB_NUM_WORKERS"] == str(new_size)
+        (config_map,) = [
+            a.body
+            for a in started.actions
+            if isinstance(a, ApplyObject) and a.body["kind"] == "ConfigMap"
+        ]
+        assert len(config_map["data"]["hostfile"].splitlines()) == new_size
+        assert started.status.workers.total == new_size
+
+
 def test_a_worker_whose_image_cannot_be_pulled_is_reported_once() -> None:
     waiting = worker(
         0,
