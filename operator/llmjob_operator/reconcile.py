@@ -749,8 +749,10 @@ class _Planner:
                 self.restarting()
             else:
                 self.record_progress(self.observed.progress)
-                self.record_checkpoint_fallback(self.observed.progress)
                 self.running()
+                # After running(): a phase change's own event stays the first (metrics label
+                # transitions with it).
+                self.record_checkpoint_fallback(self.observed.progress)
         self.count_workers()
         return Plan(
             status=self.status,
