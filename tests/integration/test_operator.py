@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from llmjob_operator.render import ATTEMPT_LABEL
 from tests.integration.jobs import GangWatch, Jobs, condition, standin_job
 from tests.integration.operator_process import OperatorProcess
 
@@ -175,6 +176,43 @@ def test_a_checkpoint_fallback_is_reported_once_and_the_job_finishes(
     assert condition(done, "CheckpointFallback") == fallback, "the condition was rewritten"
     warnings = [e for e in jobs.events("fellback") if e.reason == "CheckpointUnloadable"]
     assert [(e.type, e.message) for e in warnings] == [("Warning", fallback["message"])]
+
+
+def test_editing_workers_restarts_on_the_new_gang_size(
+    jobs: Jobs, venv_bin: str, api_client: client.ApiClient
+) -> None:
+    jobs.create(
+        standin_job("resized", venv_bin, workers=2, standin={"steps": 8, "step_seconds": 0.5})
+    )
+    jobs.wait_phase("resized", "Running")
+    gang = GangWatch(api_client, jobs.namespace, "resized")
+    try:
+        jobs.patch_spec("resized", {"workers": 1})
+        resized = jobs.wait(
+            "resized",
+            lambda s: s.get("attempt") == 2 and s.get("phase") == "Running",
+            timeout=120,
+            what="attempt 2 running",
+        )
+        pods = jobs.pods("resized")
+        done = jobs.wait_phase("resized", "Succeeded", timeout=120)
+    finally:
+        gang.stop()
+    assert (resized["restarts"], resized["disruptions"]) == (0, 0)
+    assert resized["workers"]["total"] == 1
+    assert [(p.metadata.name, p.metadata.labels[ATTEMPT_LABEL]) for p in pods] == [
+        ("resized-worker-0", "2")
+    ]
+    env = {e.name: e.value for e in pods[0].spec.containers[0].env}
+    assert env["LLMJOB_NUM_WORKERS"] == "1"
+    hostfile = jobs.core.read_namespaced_config_map("resized-config", jobs.namespace).data[
+        "hostfile"
+    ]
+    assert hostfile.splitlines() == [f"resized-worker-0.resized.{jobs.namespace}.svc slots=1"]
+    assert gang.overlaps == [], "two attempts' pods were alive at once"
+    assert gang.attempts_seen == {"1", "2"}
+    assert done["attempt"] == 2
+    assert "SpecChanged" in {e.reason for e in jobs.events("resized")}
 
 
 def test_active_deadline_fails_the_job_and_stops_the_workers(jobs: Jobs, venv_bin: str) -> None:
