@@ -215,6 +215,55 @@ def test_editing_workers_restarts_on_the_new_gang_size(
     assert "SpecChanged" in {e.reason for e in jobs.events("resized")}
 
 
+def test_a_gang_that_lost_its_nodes_capacity_continues_on_fewer_workers(
+    jobs: Jobs, venv_bin: str, api_client: client.ApiClient
+) -> None:
+    core = client.CoreV1Api(api_client)
+    # One worker fills a node: with one node cordoned, the second worker has nowhere to go.
+    gpus = min(int(n.status.allocatable["nvidia.com/gpu"]) for n in core.list_node().items)
+    jobs.create(
+        standin_job(
+            "shrinking",
+            venv_bin,
+            gpusPerWorker=gpus,
+            standin={"steps": 16, "step_seconds": 0.5},
+            failurePolicy={
+                "backoffSeconds": 1,
+                "maxBackoffSeconds": 2,
+                "onNodeLoss": {"shrinkAfterSeconds": 3, "minWorkers": 1},
+            },
+        )
+    )
+    jobs.wait(
+        "shrinking", lambda s: (s.get("checkpoint") or {}).get("step", 0) >= 1, what="a commit"
+    )
+    lost = core.read_namespaced_pod("shrinking-worker-1", jobs.namespace).spec.node_name
+    core.patch_node(lost, {"spec": {"unschedulable": True}})
+    try:
+        core.delete_namespaced_pod("shrinking-worker-1", jobs.namespace)
+        shrunk = jobs.wait(
+            "shrinking",
+            lambda s: s.get("gangWorkers") == 1 and s.get("phase") == "Running",
+            timeout=120,
+            what="a gang of one running",
+        )
+        pods = jobs.pods("shrinking")
+        done = jobs.wait_phase("shrinking", "Succeeded", timeout=120)
+    finally:
+        core.patch_node(lost, {"spec": {"unschedulable": False}})
+    # Attempt 2 asked for both workers and could place one; attempt 3 runs on it.
+    assert shrunk["attempt"] == 3
+    assert (shrunk["restarts"], shrunk["disruptions"]) == (0, 1)
+    assert shrunk["workers"]["total"] == 1
+    assert [(p.metadata.name, p.metadata.labels[ATTEMPT_LABEL]) for p in pods] == [
+        ("shrinking-worker-0", "3")
+    ]
+    assert done["gangWorkers"] == 1
+    shrinks = [e for e in jobs.events("shrinking") if e.reason == "GangShrunk"]
+    assert len(shrinks) == 1
+    assert "continues on 1 of 2 workers" in shrinks[0].message
+
+
 def test_active_deadline_fails_the_job_and_stops_the_workers(jobs: Jobs, venv_bin: str) -> None:
     jobs.create(
         standin_job(

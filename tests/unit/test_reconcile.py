@@ -1,6 +1,7 @@
 """reconcile.plan: tables of observed states -> status and actions, with an injected clock."""
 
 import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from llmjob_operator.reconcile import (
     object_key,
     plan,
     plan_invalid,
+    shrunk_size,
     status_write_due,
     with_spec_hash,
 )
@@ -87,7 +89,7 @@ def run(
         progress=progress,
         node_health=node_health or {},
     )
-    return plan(view, lambda attempt: render(REF, the_spec, settings, attempt), observed, NOW)
+    return plan(view, lambda s, attempt: render(REF, s, settings, attempt), observed, NOW)
 
 
 def created_pods(result: Plan) -> list[dict[str, Any]]:
@@ -775,7 +777,7 @@ def test_editing_workers_starts_a_new_attempt_with_the_new_gang_size() -> None:
         view = JobView(REF, 4, ago(600), new_spec, edited.status)
         started = plan(
             view,
-            lambda attempt, s=new_spec: render(REF, s, settings, attempt),
+            lambda s, attempt: render(REF, s, settings, attempt),
             Observed(applied_hashes=old_hashes),
             NOW,
         )
@@ -792,6 +794,158 @@ def test_editing_workers_starts_a_new_attempt_with_the_new_gang_size() -> None:
         ]
         assert len(config_map["data"]["hostfile"].splitlines()) == new_size
         assert started.status.workers.total == new_size
+
+
+SHRINKABLE = {
+    "workers": 4,
+    "training": {"seqLen": 128, "precision": "fp32", "gradientAccumulationSteps": 3},
+    "failurePolicy": {
+        "backoffSeconds": 10,
+        "survivorGracePeriodSeconds": 5,
+        "onNodeLoss": {"shrinkAfterSeconds": 60, "minWorkers": 2},
+    },
+}
+
+
+def test_shrunk_size_is_the_largest_placeable_gang_that_keeps_the_global_batch() -> None:
+    four = spec(**SHRINKABLE)  # global batch: 12 micro-batches
+    assert shrunk_size(four, placeable=3, below=4) == 3
+    assert shrunk_size(four, placeable=9, below=4) == 3
+    assert shrunk_size(four, placeable=3, below=3) == 2
+    assert shrunk_size(four, placeable=1, below=4) is None  # minWorkers 2
+    no_accumulation = spec(**{**SHRINKABLE, "training": {"seqLen": 128, "precision": "fp32"}})
+    assert shrunk_size(no_accumulation, placeable=3, below=4) == 2  # 4 micro-batches
+    assert shrunk_size(spec(workers=4), placeable=3, below=4) is None  # no onNodeLoss
+
+
+def pending_gang(attempt: int, placed: int, total: int = 4) -> list[WorkerState]:
+    """`placed` workers on nodes (their launchers waiting for the rest), the others
+    unschedulable."""
+    return [
+        worker(i, attempt=attempt, uid=f"p{i}", node_name=f"n{i}")
+        if i < placed
+        else worker(
+            i,
+            "Pending",
+            attempt=attempt,
+            started=False,
+            uid=f"p{i}",
+            unschedulable_message="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+        )
+        for i in range(total)
+    ]
+
+
+def restarted_status(waited: float, **fields: Any) -> dict[str, Any]:
+    return {
+        "phase": "Pending",
+        "attempt": 2,
+        "startTime": ago(900).isoformat(),
+        "attemptStartTime": ago(waited).isoformat(),
+        "disruptions": 1,
+        "checkpoint": {"step": 40},
+        **fields,
+    }
+
+
+def test_a_restarted_gang_that_cannot_be_placed_shrinks_after_the_wait() -> None:
+    shrinkable = spec(**SHRINKABLE)
+    early = run(status=restarted_status(30), workers=pending_gang(2, 3), job_spec=shrinkable)
+    assert early.status.phase == "Pending"
+    assert early.actions == []
+    assert early.requeue_after == 30.0
+    result = run(status=restarted_status(61), workers=pending_gang(2, 3), job_spec=shrinkable)
+    assert result.status.phase == "Restarting"
+    assert result.status.gang_workers == 3
+    assert (result.status.restarts, result.status.disruptions) == (0, 1)
+    assert result.restart_reasons == ["GangShrunk"]
+    restarting = next(c for c in result.status.conditions if c.type == "Restarting")
+    assert restarting.reason == "GangShrunk"
+    assert "1 of 4 workers of attempt 2 unschedulable for over 60s" in restarting.message
+    assert "continues on 3 of 4 workers from the newest commit (step 40" in restarting.message
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "GangShrunk")]
+    # The incomplete gang never trained: it goes with the survivors' short grace.
+    assert {a for a in result.actions if isinstance(a, DeletePod)} == {
+        DeletePod(f"j-worker-{i}", f"p{i}", 5) for i in range(4)
+    }
+
+
+def test_no_shrink_without_the_policy_a_commit_or_a_restart() -> None:
+    shrinkable = spec(**SHRINKABLE)
+    cases = {
+        "no onNodeLoss": (restarted_status(61), spec(workers=4)),
+        "nothing committed": (restarted_status(61, checkpoint=None), shrinkable),
+        "first attempt": (restarted_status(61, attempt=1), shrinkable),
+    }
+    for case, (status, job_spec) in cases.items():
+        attempt = status["attempt"]
+        result = run(status=status, workers=pending_gang(attempt, 3), job_spec=job_spec)
+        assert result.status.phase == "Pending", case
+        assert result.status.gang_workers is None, case
+        assert not deleted(result), case
+    too_few = run(status=restarted_status(61), workers=pending_gang(2, 1), job_spec=shrinkable)
+    assert (too_few.status.phase, too_few.actions) == ("Pending", [])
+
+
+def test_the_shrunk_gang_starts_runs_and_finishes_on_fewer_workers() -> None:
+    shrinkable = spec(**SHRINKABLE)
+    shrinking = run(status=restarted_status(61), workers=pending_gang(2, 3), job_spec=shrinkable)
+    status = shrinking.status.model_dump(mode="json", by_alias=True)
+    started = run(status=status, job_spec=shrinkable, supporting=frozenset())
+    assert (started.status.attempt, started.status.gang_workers) == (3, 3)
+    pods = created_pods(started)
+    assert [p["metadata"]["name"] for p in pods] == ["j-worker-0", "j-worker-1", "j-worker-2"]
+    env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
+    assert env["LLMJOB_NUM_WORKERS"] == "3"
+    (config_map,) = [
+        a.body
+        for a in started.actions
+        if isinstance(a, ApplyObject) and a.body["kind"] == "ConfigMap"
+    ]
+    assert len(config_map["data"]["hostfile"].splitlines()) == 3
+    train = json.loads(config_map["data"]["train.json"])
+    # The training configuration is the spec's: its hash guards the resume, and the
+    # trainer keeps the checkpoint's global batch itself.
+    assert train["training"]["gradientAccumulationSteps"] == 3
+    assert "AttemptStarted" in {e.reason for e in started.events}
+    assert "3 of 4 workers" in started.events[-1].message
+
+    # Its pods, made from the shrunk spec, are no spec change.
+    gang = [
+        worker(i, attempt=3, uid=f"q{i}", spec_hash=with_spec_hash(p)["metadata"]["annotations"][
+            SPEC_HASH_ANNOTATION])
+        for i, p in enumerate(pods)
+    ]  # fmt: skip
+    attempt3 = started.status.model_dump(mode="json", by_alias=True)
+    running = run(status=attempt3, workers=gang, job_spec=shrinkable)
+    assert running.status.phase == "Running"
+    assert running.status.workers.summary == "3/3"
+    assert not deleted(running)
+    again = run(
+        status=running.status.model_dump(mode="json", by_alias=True),
+        workers=gang,
+        job_spec=shrinkable,
+    )
+    assert status_write_due(running.status, again.status, NOW, 30) is None
+    done = [dataclasses.replace(w, phase="Succeeded") for w in gang]
+    finished = run(
+        status=running.status.model_dump(mode="json", by_alias=True),
+        workers=done,
+        job_spec=shrinkable,
+    )
+    assert finished.status.phase == "Succeeded"
+
+
+def test_the_next_restart_of_a_shrunk_gang_tries_the_whole_gang_again() -> None:
+    shrinkable = spec(**SHRINKABLE)
+    status = running_status(
+        attempt=3, gangWorkers=3, restarts=1, phase="Restarting",
+        restartAfter=ago(1).isoformat(),
+    )  # fmt: skip
+    grown = run(status=status, job_spec=shrinkable)
+    assert (grown.status.attempt, grown.status.gang_workers) == (4, None)
+    assert len(created_pods(grown)) == 4
+    assert grown.status.workers.total == 4
 
 
 def test_a_worker_whose_image_cannot_be_pulled_is_reported_once() -> None:
