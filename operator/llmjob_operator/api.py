@@ -241,6 +241,12 @@ class CheckpointSpec(ApiModel):
         default="Auto",
         description="Auto resumes from the newest committed checkpoint; Never starts over.",
     )
+    async_save: bool = Field(
+        default=True,
+        description="Write checkpoints in the background while training goes on; the commit "
+        "(manifest, then latest) follows once every rank's files are durable, and SIGTERM "
+        "still ends with a committed checkpoint. False blocks training for each write.",
+    )
     save_timeout_seconds: int = Field(
         default=600,
         ge=30,
@@ -320,6 +326,24 @@ class FailureRule(ApiModel):
         return self
 
 
+class NodeLossPolicy(ApiModel):
+    """Continue on fewer workers when a restarted gang cannot be placed whole."""
+
+    shrink_after_seconds: int = Field(
+        ge=1,
+        le=86400,
+        description="How long a restarted gang (attempt 2 on) may wait with workers the scheduler "
+        "cannot place (the capacity of a lost node has not come back) before the next attempt "
+        "runs on the workers that were placed.",
+    )
+    min_workers: int = Field(
+        ge=1,
+        le=4096,
+        description="Never shrink the gang below this many workers; with fewer placeable the "
+        "job waits for capacity.",
+    )
+
+
 class FailurePolicy(ApiModel):
     """How failures, hangs and scheduling delays are handled."""
 
@@ -366,6 +390,13 @@ class FailurePolicy(ApiModel):
         "worker exited, vanished or stalled). Without the lost rank they cannot commit a "
         "checkpoint, so they are stopped quickly to free their GPUs; suspend, spec changes and "
         "preemption keep checkpoint.saveTimeoutSeconds, since every rank is healthy then.",
+    )
+    on_node_loss: NodeLossPolicy | None = Field(
+        default=None,
+        description="Shrink a restarted gang the scheduler cannot place whole: it resumes from "
+        "the newest commit (none yet: it waits) with the global batch kept, on a size whose "
+        "ranks divide it. Each later attempt asks for spec.workers again (growing back); a "
+        "running gang is never stopped to grow. Unset: a restarted gang waits for all workers.",
     )
     rules: list[FailureRule] = Field(
         default_factory=list,
@@ -449,6 +480,11 @@ class LLMTrainingJobSpec(ApiModel):
                 "self.gpusPerWorker == 0 || !has(self.procsPerWorker) "
                 "|| self.procsPerWorker == self.gpusPerWorker",
                 "procsPerWorker applies when gpusPerWorker is 0 (one process per GPU otherwise)",
+            ),
+            (
+                "!has(self.failurePolicy) || !has(self.failurePolicy.onNodeLoss) "
+                "|| self.failurePolicy.onNodeLoss.minWorkers <= self.workers",
+                "failurePolicy.onNodeLoss.minWorkers must not exceed workers",
             ),
             (
                 "!has(self.training) || !has(self.training.globalBatchSize) "
@@ -543,6 +579,12 @@ class LLMTrainingJobSpec(ApiModel):
             )
         if self.args and not self.command:
             raise ValueError("args needs command (the script the arguments are for)")
+        node_loss = self.failure_policy.on_node_loss
+        if node_loss is not None and node_loss.min_workers > self.workers:
+            raise ValueError(
+                f"failurePolicy.onNodeLoss.minWorkers ({node_loss.min_workers}) must not exceed "
+                f"workers ({self.workers})"
+            )
         self.training.check_world_size(self.world_size)
         deepspeed_config(self.training, self.world_size, self.deepspeed)
         self._check_passthrough()
@@ -591,6 +633,7 @@ class LLMTrainingJobSpec(ApiModel):
                 interval_steps=self.checkpoint.interval_steps,
                 keep_last=self.checkpoint.keep_last,
                 resume=self.checkpoint.resume,
+                async_save=self.checkpoint.async_save,
             ),
             metrics_port=self.metrics_port,
         )
@@ -694,6 +737,11 @@ class LLMTrainingJobStatus(ApiModel):
     )
     suspended_seconds: int = Field(
         default=0, description="Seconds spent suspended; not counted by activeDeadlineSeconds."
+    )
+    gang_workers: int | None = Field(
+        default=None,
+        description="Workers of the current gang when failurePolicy.onNodeLoss shrank it below "
+        "spec.workers; unset while the gang is spec.workers.",
     )
 
 

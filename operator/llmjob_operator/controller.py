@@ -11,7 +11,6 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 import urllib3
@@ -153,8 +152,10 @@ class Controller:
         observed = self._observe(
             kube, key, status, job.spec.metrics_port, claim_name(ref, job.spec), now
         )
-        desired = partial(render, ref, job.spec, self.render_settings)
-        result = plan(view, lambda attempt: desired(attempt=attempt), observed, now)
+        settings = self.render_settings
+        result = plan(
+            view, lambda spec, attempt: render(ref, spec, settings, attempt), observed, now
+        )
         deferred = self._execute(kube, body, status, result, now)
         waits = [w for w in (result.requeue_after, deferred) if w is not None]
         return Outcome(requeue_after=min(waits) if waits else None)

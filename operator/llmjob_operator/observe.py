@@ -154,6 +154,12 @@ class TrainerProgress:
     last_checkpoint_time: datetime | None = None
     last_step_time: datetime | None = None
     """The trainer's own clock of its last finished step: the stall clock."""
+    checkpoint_fallbacks: int = 0
+    """Committed checkpoints this attempt's resume found unloadable (marked bad, skipped)."""
+    checkpoint_bad_step: int | None = None
+    """Step of the last of those."""
+    resumed_step: int | None = None
+    """Step of the checkpoint this attempt resumed from (0: it started from nothing)."""
     error: str | None = None
     read_time: datetime | None = None
 

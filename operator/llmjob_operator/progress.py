@@ -62,15 +62,21 @@ def parse_metrics(text: str) -> TrainerProgress:
         value = number(name)
         return datetime.fromtimestamp(value, UTC) if value else None
 
-    step = number("step")
-    checkpoint_step = number("last_checkpoint_step")
+    def whole(name: str) -> int | None:
+        value = number(name)
+        return int(value) if value is not None else None
+
     return TrainerProgress(
-        step=int(step) if step is not None else None,
+        step=whole("step"),
         loss=number("loss"),
         tokens_per_second=number("tokens_per_second"),
-        last_checkpoint_step=int(checkpoint_step) if checkpoint_step is not None else None,
+        last_checkpoint_step=whole("last_checkpoint_step"),
         last_checkpoint_time=moment("last_checkpoint_timestamp_seconds"),
         last_step_time=moment("last_step_timestamp_seconds"),
+        # A counter: the exposition names its sample `_total`.
+        checkpoint_fallbacks=whole("checkpoint_fallbacks_total") or 0,
+        checkpoint_bad_step=whole("checkpoint_bad_step"),
+        resumed_step=whole("resumed_step"),
     )
 
 
@@ -134,6 +140,8 @@ def _acted_on(progress: TrainerProgress | None) -> tuple[object, ...] | None:
         progress.step,
         round(progress.loss, 4) if progress.loss is not None else None,
         progress.last_checkpoint_step,
+        progress.checkpoint_fallbacks,
+        progress.checkpoint_bad_step,
     )
 
 

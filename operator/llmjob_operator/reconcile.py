@@ -40,11 +40,15 @@ STUCK_TERMINATION_MARGIN = timedelta(seconds=30)
 # Pod waiting reasons that mean the container cannot start until someone fixes the spec or image.
 IMAGE_WAITING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
 PROGRESS_UNKNOWN_CONDITION = "ProgressUnknown"
+CHECKPOINT_FALLBACK_CONDITION = "CheckpointFallback"
+# The Restarting reason of a restart onto fewer workers (failurePolicy.onNodeLoss).
+GANG_SHRUNK = "GangShrunk"
 # How soon to look again while waiting for pods to go away (their events also wake us).
 TEARDOWN_POLL_SECONDS = 2.0
 
-DesiredFor = Callable[[int], DesiredObjects]
-"""The objects a job should own during a given attempt (a pure render, bound to the job)."""
+DesiredFor = Callable[[LLMTrainingJobSpec, int], DesiredObjects]
+"""The objects a job of this spec should own during a given attempt (a pure render, bound to
+the job)."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,15 @@ class _Planner:
     def seconds_since(self, moment: datetime | None) -> float:
         return (self.now - moment).total_seconds() if moment else 0.0
 
+    @property
+    def gang_size(self) -> int:
+        """Workers of the current gang: spec.workers unless failurePolicy.onNodeLoss shrank it."""
+        shrunk = self.status.gang_workers
+        return self.spec.workers if shrunk is None else min(shrunk, self.spec.workers)
+
+    def desired_for(self, attempt: int) -> DesiredObjects:
+        return self.desired(gang_spec(self.spec, self.gang_size), attempt)
+
     def current_workers(self) -> list[WorkerState]:
         return [w for w in self.observed.workers if w.attempt == self.status.attempt]
 
@@ -184,12 +197,12 @@ class _Planner:
         ready = sum(w.ready for w in current)
         self.update(
             workers=WorkerCounts(
-                total=self.spec.workers,
+                total=self.gang_size,
                 ready=ready,
                 running=sum(w.phase == "Running" for w in current),
                 succeeded=sum(w.succeeded for w in current),
                 failed=sum(w.failed for w in current),
-                summary=f"{ready}/{self.spec.workers}",
+                summary=f"{ready}/{self.gang_size}",
             )
         )
 
@@ -197,7 +210,7 @@ class _Planner:
         """Claim, Service and ConfigMap: applied when missing or, between attempts, when their
         content changed. A running gang's ConfigMap is never rewritten under it: a change of
         what it holds changes the pods' hash and starts a new attempt instead."""
-        for body in self.desired(max(self.status.attempt, 1)).all:
+        for body in self.desired_for(max(self.status.attempt, 1)).all:
             if body["kind"] == "Pod":
                 continue
             hashed = with_spec_hash(body)
@@ -209,7 +222,7 @@ class _Planner:
 
     def create_missing_pods(self) -> None:
         present = {w.index for w in self.current_workers()}
-        for index, body in enumerate(self.desired(self.status.attempt).pods):
+        for index, body in enumerate(self.desired_for(self.status.attempt).pods):
             if index not in present:
                 self.actions.append(ApplyObject(with_spec_hash(body)))
 
@@ -241,9 +254,12 @@ class _Planner:
             STUCK_TERMINATION_MARGIN
         )
 
-    def start_attempt(self, attempt: int, message: str) -> None:
-        """Record the new attempt first; its pods are created by the same plan, after the write."""
+    def start_attempt(self, attempt: int, message: str, gang_workers: int | None = None) -> None:
+        """Record the new attempt first; its pods are created by the same plan, after the write.
+        `gang_workers` fewer than spec.workers runs a shrunk gang; every other attempt tries the
+        whole gang again (how a shrunk job grows back)."""
         self.update(
+            gang_workers=gang_workers,
             attempt=attempt,
             attempt_start_time=self.now,
             running_time=None,
@@ -344,6 +360,14 @@ class _Planner:
             self.wake_in((restart_after - self.now).total_seconds())
             return
         attempt = self.status.attempt + 1
+        if self.condition_is("Restarting", GANG_SHRUNK) and self.status.gang_workers is not None:
+            shrunk = self.status.gang_workers
+            message = (
+                f"attempt {attempt} started on {shrunk} of {self.spec.workers} workers "
+                "(failurePolicy.onNodeLoss)"
+            )
+            self.start_attempt(attempt, message, shrunk)
+            return
         self.start_attempt(attempt, f"attempt {attempt} started after a restart")
 
     def first_start(self) -> None:
@@ -368,7 +392,7 @@ class _Planner:
                 return vanished_verdict(worker.index), worker
         present = {w.index for w in current}
         gang_started = any(w.started for w in current)
-        missing = [i for i in range(self.spec.workers) if i not in present]
+        missing = [i for i in range(self.gang_size) if i not in present]
         if missing and gang_started:
             return vanished_verdict(missing[0]), None
         return self.stall_verdict()
@@ -552,7 +576,7 @@ class _Planner:
 
     def spec_changed(self) -> bool:
         """A pod of the current attempt was made from another spec than the job's now."""
-        desired = self.desired(self.status.attempt).pods
+        desired = self.desired_for(self.status.attempt).pods
         for worker in self.current_workers():
             if worker.spec_hash is None:
                 continue
@@ -579,6 +603,47 @@ class _Planner:
         self.condition("Running", False, "SpecChanged", message)
         self.delete_pods(self.observed.workers)
         self.wake_in(TEARDOWN_POLL_SECONDS)
+
+    def shrink_for_lost_capacity(self) -> bool:
+        """failurePolicy.onNodeLoss: a restarted gang whose workers the scheduler could not all
+        place for shrinkAfterSeconds goes on, as the next attempt, with as many as were placed
+        (at least minWorkers, and a size that keeps the global batch). Only from a committed
+        checkpoint: the trainer keeps its global batch through gradient accumulation, where a
+        fresh start on fewer ranks would train another run. True when it shrank."""
+        policy = self.spec.failure_policy.on_node_loss
+        if policy is None or self.status.attempt < 2 or self.status.running_time is not None:
+            return False
+        current = self.current_workers()
+        stuck = [w for w in current if w.unschedulable_message is not None]
+        committed = self.status.checkpoint
+        if not stuck or committed is None or committed.step <= 0:
+            return False
+        waited = self.seconds_since(self.status.attempt_start_time)
+        if waited < policy.shrink_after_seconds:
+            self.wake_in(policy.shrink_after_seconds - waited)
+            return False
+        placed = sum(w.node_name is not None for w in current)
+        size = shrunk_size(self.spec, placed, self.gang_size)
+        if size is None:
+            return False
+        message = (
+            f"{len(stuck)} of {self.gang_size} workers of attempt {self.status.attempt} "
+            f"unschedulable for over {policy.shrink_after_seconds}s "
+            f"({(stuck[0].unschedulable_message or '')[:200]}); the next attempt continues on "
+            f"{size} of {self.spec.workers} workers from the newest commit (step "
+            f"{committed.step} at the last read) (failurePolicy.onNodeLoss)"
+        )
+        self.restart_reasons.append(GANG_SHRUNK)
+        self.transition("Restarting", GANG_SHRUNK, message, warning=True)
+        self.update(restart_after=self.now, running_time=None, gang_workers=size)
+        self.condition("Restarting", True, GANG_SHRUNK, message)
+        self.condition("Running", False, GANG_SHRUNK, message)
+        # An incomplete gang never trained: nothing to commit, no grace to wait out.
+        self.delete_pods(
+            self.observed.workers, self.spec.failure_policy.survivor_grace_period_seconds
+        )
+        self.wake_in(TEARDOWN_POLL_SECONDS)
+        return True
 
     def waiting_on_image(self) -> None:
         """A worker whose image cannot be pulled waits forever, as a kubelet's does: say so."""
@@ -613,6 +678,24 @@ class _Planner:
         elif self.condition_is(PROGRESS_UNKNOWN_CONDITION):
             self.condition(PROGRESS_UNKNOWN_CONDITION, False, "MetricsRead", "progress read")
 
+    def record_checkpoint_fallback(self, seen: TrainerProgress | None) -> None:
+        """The trainer passed over committed checkpoints that failed to load at this attempt's
+        resume (it marks them bad and keeps them): said once per attempt, in a condition that
+        stays as the record (a later clean attempt does not make the bad files good) and in
+        one Warning event. The same read on every pass changes nothing."""
+        if seen is None or seen.error is not None or seen.checkpoint_bad_step is None:
+            return
+        if seen.checkpoint_fallbacks <= 0:
+            return
+        message = fallback_message(self.status.attempt, seen)
+        if any(
+            c.type == CHECKPOINT_FALLBACK_CONDITION and c.status == "True" and c.message == message
+            for c in self.status.conditions
+        ):
+            return
+        self.events.append(Event("Warning", "CheckpointUnloadable", message))
+        self.condition(CHECKPOINT_FALLBACK_CONDITION, True, "CheckpointUnloadable", message)
+
     def running(self) -> None:
         current = self.current_workers()
         stale = [w for w in self.observed.workers if w.attempt != self.status.attempt]
@@ -626,7 +709,7 @@ class _Planner:
             return
         self.ensure_supporting_objects(only_missing=True)
         self.track_progress_readability()
-        gang_started = len(current) == self.spec.workers and all(w.started for w in current)
+        gang_started = len(current) == self.gang_size and all(w.started for w in current)
         if self.status.running_time is None and gang_started:
             self.mark_running(current)
         found = self.verdict_for_failures()
@@ -637,12 +720,14 @@ class _Planner:
         if found is not None:
             self.handle_failure(*found)
             return
-        if len(current) == self.spec.workers and all(w.succeeded for w in current):
+        if len(current) == self.gang_size and all(w.succeeded for w in current):
             self.record_completion()
-            self.finish("Succeeded", "Completed", f"all {self.spec.workers} workers exited 0")
+            self.finish("Succeeded", "Completed", f"all {self.gang_size} workers exited 0")
             return
         if not any(w.started for w in current):
             self.create_missing_pods()
+        if self.shrink_for_lost_capacity():
+            return
         self.waiting_on_image()
         self.scheduling_timeout()
 
@@ -650,7 +735,9 @@ class _Planner:
         """Every worker's container started. Timed by the containers' own start times, so the
         figures hold even when a busy operator first looks after the fact."""
         at = max(w.started_at or self.now for w in gang)
-        message = f"all {self.spec.workers} workers of attempt {self.status.attempt} running"
+        message = f"all {self.gang_size} workers of attempt {self.status.attempt} running"
+        if self.gang_size < self.spec.workers:
+            message += f" ({self.gang_size} of {self.spec.workers}: failurePolicy.onNodeLoss)"
         self.transition("Running", "Running", message)
         self.update(running_time=at)
         self.condition("Running", True, "AllWorkersRunning", message)
@@ -731,6 +818,9 @@ class _Planner:
             else:
                 self.record_progress(self.observed.progress)
                 self.running()
+                # After running(): a phase change's own event stays the first (metrics label
+                # transitions with it).
+                self.record_checkpoint_fallback(self.observed.progress)
         self.count_workers()
         return Plan(
             status=self.status,
@@ -740,6 +830,48 @@ class _Planner:
             restart_reasons=self.restart_reasons,
             requeue_after=min(self.requeue) if self.requeue else None,
         )
+
+
+def gang_spec(spec: LLMTrainingJobSpec, workers: int) -> LLMTrainingJobSpec:
+    """The spec a gang of `workers` runs: fewer workers, the same training configuration (its
+    hash guards the resume; the trainer keeps the checkpoint's global batch by itself)."""
+    if workers >= spec.workers:
+        return spec
+    return spec.model_copy(update={"workers": workers})
+
+
+def shrunk_size(spec: LLMTrainingJobSpec, placeable: int, below: int) -> int | None:
+    """The largest gang of at most `placeable` and fewer than `below` workers, and at least
+    failurePolicy.onNodeLoss.minWorkers, whose ranks divide the global batch into whole
+    micro-batches (the trainer keeps it exactly then); None when there is none."""
+    policy = spec.failure_policy.on_node_loss
+    if policy is None:
+        return None
+    micro_batches = spec.training.samples_per_step(spec.world_size) // (
+        spec.training.micro_batch_size
+    )
+    for workers in range(min(placeable, below - 1), policy.min_workers - 1, -1):
+        if micro_batches % (workers * spec.slots_per_worker) == 0:
+            return workers
+    return None
+
+
+def fallback_message(attempt: int, seen: TrainerProgress) -> str:
+    """What a checkpoint fallback cost, in words: the bad step(s) and where training resumed."""
+    if seen.checkpoint_fallbacks == 1:
+        bad = f"the committed checkpoint at step {seen.checkpoint_bad_step} failed to load and was"
+    else:
+        bad = (
+            f"{seen.checkpoint_fallbacks} committed checkpoints, down to step "
+            f"{seen.checkpoint_bad_step}, failed to load and were"
+        )
+    if seen.resumed_step is None:
+        resumed = "resumed from an earlier commit"
+    elif seen.resumed_step == 0:
+        resumed = "started from step 0 (no earlier commit)"
+    else:
+        resumed = f"resumed from step {seen.resumed_step}"
+    return f"attempt {attempt}: {bad} marked bad (kept on the volume); {resumed}"
 
 
 def _without_progress(status: LLMTrainingJobStatus) -> dict[str, Any]:

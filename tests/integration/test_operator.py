@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from llmjob_operator.render import ATTEMPT_LABEL
 from tests.integration.jobs import GangWatch, Jobs, condition, standin_job
 from tests.integration.operator_process import OperatorProcess
 
@@ -152,6 +153,115 @@ def test_suspend_then_resume_continues_as_a_new_attempt(jobs: Jobs, venv_bin: st
     done = jobs.wait_phase("pausable", "Succeeded", timeout=240)
     assert (done["restarts"], done["disruptions"]) == (0, 0)
     assert done["suspendedSeconds"] >= 1
+
+
+def test_a_checkpoint_fallback_is_reported_once_and_the_job_finishes(
+    jobs: Jobs, venv_bin: str
+) -> None:
+    jobs.create(
+        standin_job("fellback", venv_bin, workers=1, standin={"steps": 4, "fallback": "1:4:2"})
+    )
+    reported = jobs.wait(
+        "fellback",
+        lambda s: (condition(s, "CheckpointFallback") or {}).get("status") == "True",
+        timeout=120,
+        what="CheckpointFallback condition",
+    )
+    fallback = condition(reported, "CheckpointFallback")
+    assert fallback is not None
+    assert fallback["reason"] == "CheckpointUnloadable"
+    assert "checkpoint at step 4 failed to load" in fallback["message"]
+    assert "resumed from step 2" in fallback["message"]
+    done = jobs.wait_phase("fellback", "Succeeded")
+    assert condition(done, "CheckpointFallback") == fallback, "the condition was rewritten"
+    warnings = [e for e in jobs.events("fellback") if e.reason == "CheckpointUnloadable"]
+    assert [(e.type, e.message) for e in warnings] == [("Warning", fallback["message"])]
+
+
+def test_editing_workers_restarts_on_the_new_gang_size(
+    jobs: Jobs, venv_bin: str, api_client: client.ApiClient
+) -> None:
+    jobs.create(
+        standin_job("resized", venv_bin, workers=2, standin={"steps": 8, "step_seconds": 0.5})
+    )
+    jobs.wait_phase("resized", "Running")
+    gang = GangWatch(api_client, jobs.namespace, "resized")
+    try:
+        jobs.patch_spec("resized", {"workers": 1})
+        resized = jobs.wait(
+            "resized",
+            lambda s: s.get("attempt") == 2 and s.get("phase") == "Running",
+            timeout=120,
+            what="attempt 2 running",
+        )
+        pods = jobs.pods("resized")
+        done = jobs.wait_phase("resized", "Succeeded", timeout=120)
+    finally:
+        gang.stop()
+    assert (resized["restarts"], resized["disruptions"]) == (0, 0)
+    assert resized["workers"]["total"] == 1
+    assert [(p.metadata.name, p.metadata.labels[ATTEMPT_LABEL]) for p in pods] == [
+        ("resized-worker-0", "2")
+    ]
+    env = {e.name: e.value for e in pods[0].spec.containers[0].env}
+    assert env["LLMJOB_NUM_WORKERS"] == "1"
+    hostfile = jobs.core.read_namespaced_config_map("resized-config", jobs.namespace).data[
+        "hostfile"
+    ]
+    assert hostfile.splitlines() == [f"resized-worker-0.resized.{jobs.namespace}.svc slots=1"]
+    assert gang.overlaps == [], "two attempts' pods were alive at once"
+    assert gang.attempts_seen == {"1", "2"}
+    assert done["attempt"] == 2
+    assert "SpecChanged" in {e.reason for e in jobs.events("resized")}
+
+
+def test_a_gang_that_lost_its_nodes_capacity_continues_on_fewer_workers(
+    jobs: Jobs, venv_bin: str, api_client: client.ApiClient
+) -> None:
+    core = client.CoreV1Api(api_client)
+    # One worker fills a node: with one node cordoned, the second worker has nowhere to go.
+    gpus = min(int(n.status.allocatable["nvidia.com/gpu"]) for n in core.list_node().items)
+    jobs.create(
+        standin_job(
+            "shrinking",
+            venv_bin,
+            gpusPerWorker=gpus,
+            standin={"steps": 16, "step_seconds": 0.5},
+            failurePolicy={
+                "backoffSeconds": 1,
+                "maxBackoffSeconds": 2,
+                "onNodeLoss": {"shrinkAfterSeconds": 3, "minWorkers": 1},
+            },
+        )
+    )
+    jobs.wait(
+        "shrinking", lambda s: (s.get("checkpoint") or {}).get("step", 0) >= 1, what="a commit"
+    )
+    lost = core.read_namespaced_pod("shrinking-worker-1", jobs.namespace).spec.node_name
+    core.patch_node(lost, {"spec": {"unschedulable": True}})
+    try:
+        core.delete_namespaced_pod("shrinking-worker-1", jobs.namespace)
+        shrunk = jobs.wait(
+            "shrinking",
+            lambda s: s.get("gangWorkers") == 1 and s.get("phase") == "Running",
+            timeout=120,
+            what="a gang of one running",
+        )
+        pods = jobs.pods("shrinking")
+        done = jobs.wait_phase("shrinking", "Succeeded", timeout=120)
+    finally:
+        core.patch_node(lost, {"spec": {"unschedulable": False}})
+    # Attempt 2 asked for both workers and could place one; attempt 3 runs on it.
+    assert shrunk["attempt"] == 3
+    assert (shrunk["restarts"], shrunk["disruptions"]) == (0, 1)
+    assert shrunk["workers"]["total"] == 1
+    assert [(p.metadata.name, p.metadata.labels[ATTEMPT_LABEL]) for p in pods] == [
+        ("shrinking-worker-0", "3")
+    ]
+    assert done["gangWorkers"] == 1
+    shrinks = [e for e in jobs.events("shrinking") if e.reason == "GangShrunk"]
+    assert len(shrinks) == 1
+    assert "continues on 1 of 2 workers" in shrinks[0].message
 
 
 def test_active_deadline_fails_the_job_and_stops_the_workers(jobs: Jobs, venv_bin: str) -> None:

@@ -165,6 +165,8 @@ def test_fallbacks_are_exported_for_the_operator() -> None:
     metrics = TrainerMetrics("j")
     metrics.checkpoint_fallbacks.inc()
     metrics.checkpoint_bad_step.set(8)
+    metrics.resumed_step.set(4)
     text = generate_latest(metrics.registry).decode()
     assert 'llmjob_trainer_checkpoint_fallbacks_total{job_name="j"} 1.0' in text
     assert 'llmjob_trainer_checkpoint_bad_step{job_name="j"} 8.0' in text
+    assert 'llmjob_trainer_resumed_step{job_name="j"} 4.0' in text

@@ -5,6 +5,7 @@ order change), so the loss curve is checked to continue, while the step, the opt
 step count, the learning rate and the data position are checked exactly.
 """
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from llmjob_trainer.checkpoint import Manifest, inspect
-from llmjob_trainer.config import TrainConfig, checkpoint_tag
+from llmjob_trainer.config import RunConfig, TrainConfig, checkpoint_tag, deepspeed_config
 from llmjob_trainer.train import lr_factor
 
 from .conftest import Trainer, free_port, launch_command, run_dir, trainer_env, write_config
@@ -91,6 +92,10 @@ def test_resume_on_another_world_size_continues_exactly_where_it_stopped(
     checkpoints, first_output = four_ranks
     shutil.copytree(checkpoints, tmp_path / "checkpoints")
     config = write_config(tmp_path, token_data, {"keepLast": 3}, **BATCH)
+    # Beside the hostfile, as the operator's ConfigMap holds it for the edited spec: the batch
+    # shape generated from the spec's accumulation at the new world size.
+    rendered = deepspeed_config(RunConfig.load(config).training, sum(slots))
+    (tmp_path / "ds_config.json").write_text(json.dumps(rendered))
     codes = run_gang(tmp_path, config, slots, "resumed")
     output = (tmp_path / "resumed-0.log").read_text()
     assert codes == [0] * len(slots), output[-3000:]

@@ -93,6 +93,16 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
         {"failurePolicy": {"failOnSchedulingTimeout": True}},
         "schedulingTimeoutSeconds",
     ),
+    (
+        "shrink floor above the gang",
+        {"failurePolicy": {"onNodeLoss": {"shrinkAfterSeconds": 60, "minWorkers": 3}}},
+        "failurePolicy.onNodeLoss.minWorkers",
+    ),
+    (
+        "shrink without a wait",
+        {"failurePolicy": {"onNodeLoss": {"shrinkAfterSeconds": 0, "minWorkers": 1}}},
+        "shrinkAfterSeconds",
+    ),
     ("zero deadline", {"runPolicy": {"activeDeadlineSeconds": 0}}, "activeDeadlineSeconds"),
     ("bad clean policy", {"runPolicy": {"cleanPodPolicy": "Some"}}, "cleanPodPolicy"),
     ("gpu in resources", {"resources": {"limits": {"nvidia.com/gpu": 1}}}, "gpusPerWorker"),

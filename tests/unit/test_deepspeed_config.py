@@ -1,11 +1,20 @@
 """The generated DeepSpeed config: fp32 reduction under bf16, and the passthrough's allow list."""
 
+import json
 import re
 from typing import Any
 
 import pytest
 
-from llmjob_trainer.config import TrainConfig, deepspeed_config, optimizer_offloaded
+from llmjob_operator.api import LLMTrainingJobSpec
+from llmjob_operator.render import DEEPSPEED_CONFIG_KEY, JobRef, RenderSettings, render
+from llmjob_trainer.config import (
+    TrainConfig,
+    deepspeed_config,
+    optimizer_offloaded,
+    without_batch_shape,
+)
+from tests.unit.specs import minimal_spec
 
 
 def generated(user: dict[str, Any] | None = None, **training: Any) -> dict[str, Any]:
@@ -95,3 +104,29 @@ def test_optimizer_offload_is_supported_and_detected() -> None:
     assert generated(param_offload, zero_stage=3)["zero_optimization"]["offload_param"] == {
         "device": "cpu"
     }
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2), (3, 2)])
+def test_a_resized_gangs_rendered_config_merges_with_the_trainers_kept_global_batch(
+    before: int, after: int
+) -> None:
+    """What the trainer does on an elastic resume (train.py): the checkpoint's global batch
+    through another gradient accumulation, merged with the ConfigMap the operator rendered
+    for the edited spec."""
+    batch = {"microBatchSize": 1, "gradientAccumulationSteps": 6 // before}
+    training = {"seqLen": 128, "precision": "fp32", **batch}
+    old = LLMTrainingJobSpec.model_validate(minimal_spec(workers=before, training=training))
+    new = LLMTrainingJobSpec.model_validate(minimal_spec(workers=after, training=training))
+    rendered = render(JobRef("j", "ns", "u"), new, RenderSettings(default_image="i"), 2)
+    user = json.loads(rendered.config_map["data"][DEEPSPEED_CONFIG_KEY])
+    global_batch = old.training.samples_per_step(old.world_size)
+    kept = new.training.model_copy(
+        update={"gradient_accumulation_steps": global_batch // new.world_size}
+    )
+    # Kept whole, the rendered keys contradict the kept batch (exit 2 on every resize).
+    with pytest.raises(ValueError, match=r"contradicts training\.gradientAccumulationSteps"):
+        deepspeed_config(kept, new.world_size, user)
+    merged = deepspeed_config(kept, new.world_size, without_batch_shape(user))
+    assert merged["train_batch_size"] == global_batch
+    assert merged["gradient_accumulation_steps"] == global_batch // new.world_size
+    assert merged["zero_optimization"] == user["zero_optimization"]

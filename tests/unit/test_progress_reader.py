@@ -77,6 +77,34 @@ def test_parse_reads_the_trainers_own_step_clock() -> None:
     assert progress.last_step_time.timestamp() == 1780000000.5
 
 
+def test_parse_reads_checkpoint_fallbacks_as_the_trainer_exports_them() -> None:
+    from prometheus_client import generate_latest
+
+    from llmjob_trainer.metrics import TrainerMetrics
+
+    exported = TrainerMetrics("j")
+    clean = parse_metrics(generate_latest(exported.registry).decode())
+    assert (clean.checkpoint_fallbacks, clean.resumed_step) == (0, 0)
+    exported.checkpoint_fallbacks.inc()
+    exported.checkpoint_bad_step.set(200)
+    exported.resumed_step.set(100)
+    seen = parse_metrics(generate_latest(exported.registry).decode())
+    assert (seen.checkpoint_fallbacks, seen.checkpoint_bad_step, seen.resumed_step) == (
+        1,
+        200,
+        100,
+    )
+    # Untyped, as the stand-in worker serves them.
+    plain = parse_metrics(
+        "llmjob_trainer_checkpoint_fallbacks_total 2\nllmjob_trainer_checkpoint_bad_step 150\n"
+    )
+    assert (plain.checkpoint_fallbacks, plain.checkpoint_bad_step, plain.resumed_step) == (
+        2,
+        150,
+        None,
+    )
+
+
 def test_a_normal_read() -> None:
     with serving(ok) as port:
         seen = read_metrics("127.0.0.1", port, deadline_seconds=2, max_bytes=1 << 20)

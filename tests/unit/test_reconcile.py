@@ -1,9 +1,11 @@
 """reconcile.plan: tables of observed states -> status and actions, with an injected clock."""
 
+import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from llmjob_operator.api import LLMTrainingJobSpec, LLMTrainingJobStatus
+from llmjob_operator.api import Condition, LLMTrainingJobSpec, LLMTrainingJobStatus
 from llmjob_operator.observe import NodeHealth, Observed, TrainerProgress, WorkerState
 from llmjob_operator.reconcile import (
     ApplyObject,
@@ -14,6 +16,7 @@ from llmjob_operator.reconcile import (
     object_key,
     plan,
     plan_invalid,
+    shrunk_size,
     status_write_due,
     with_spec_hash,
 )
@@ -86,7 +89,7 @@ def run(
         progress=progress,
         node_health=node_health or {},
     )
-    return plan(view, lambda attempt: render(REF, the_spec, settings, attempt), observed, NOW)
+    return plan(view, lambda s, attempt: render(REF, s, settings, attempt), observed, NOW)
 
 
 def created_pods(result: Plan) -> list[dict[str, Any]]:
@@ -284,6 +287,94 @@ def test_an_unreachable_rank0_means_progress_unknown_never_a_stall() -> None:
     )
     cleared = next(c for c in again.status.conditions if c.type == "ProgressUnknown")
     assert (cleared.status, cleared.reason) == ("False", "MetricsRead")
+
+
+def test_a_checkpoint_fallback_is_a_condition_and_one_event_written_once() -> None:
+    fell_back = TrainerProgress(
+        step=101,
+        last_step_time=ago(1),
+        read_time=NOW,
+        checkpoint_fallbacks=1,
+        checkpoint_bad_step=200,
+        resumed_step=100,
+    )
+    status = running_status(attempt=2, progress={"step": 100, "updatedTime": ago(1).isoformat()})
+    workers = [worker(0, attempt=2), worker(1, attempt=2)]
+    first = run(status=status, workers=workers, progress=fell_back)
+    fallback = next(c for c in first.status.conditions if c.type == "CheckpointFallback")
+    assert (fallback.status, fallback.reason) == ("True", "CheckpointUnloadable")
+    assert fallback.message == (
+        "attempt 2: the committed checkpoint at step 200 failed to load and was marked bad "
+        "(kept on the volume); resumed from step 100"
+    )
+    assert [(e.type, e.reason, e.message) for e in first.events] == [
+        ("Warning", "CheckpointUnloadable", fallback.message)
+    ]
+    assert first.status.phase == "Running"
+    assert first.actions == []
+    assert status_write_due(LLMTrainingJobStatus.model_validate(status), first.status, NOW, 30) == 0
+    # The trainer exports the same figures for the whole attempt: a later pass adds no event
+    # and no write; steps advancing are progress, on the progress budget (deferred).
+    again = run(
+        status=first.status.model_dump(mode="json", by_alias=True),
+        workers=workers,
+        progress=fell_back,
+    )
+    assert again.events == []
+    assert status_write_due(first.status, again.status, NOW, 30) is None
+    later = run(
+        status=first.status.model_dump(mode="json", by_alias=True),
+        workers=workers,
+        progress=dataclasses.replace(fell_back, step=102),
+    )
+    assert later.events == []
+    assert later.status.conditions == first.status.conditions
+    assert status_write_due(first.status, later.status, NOW, 30) == 30
+
+
+def test_each_attempts_fallback_is_reported_and_a_clean_attempt_keeps_the_record() -> None:
+    earlier = {
+        "type": "CheckpointFallback",
+        "status": "True",
+        "reason": "CheckpointUnloadable",
+        "message": "attempt 2: the committed checkpoint at step 200 failed to load and was "
+        "marked bad (kept on the volume); resumed from step 100",
+        "lastTransitionTime": ago(600).isoformat(),
+    }
+    workers = [worker(0, attempt=3), worker(1, attempt=3)]
+    clean = run(
+        status=running_status(attempt=3, conditions=[earlier]),
+        workers=workers,
+        progress=TrainerProgress(step=150, read_time=NOW, resumed_step=140),
+    )
+    assert clean.events == []
+    kept = [c for c in clean.status.conditions if c.type == "CheckpointFallback"]
+    assert kept == [Condition.model_validate(earlier)]
+    twice = run(
+        status=running_status(attempt=3, conditions=[earlier]),
+        workers=workers,
+        progress=TrainerProgress(
+            step=1, read_time=NOW, checkpoint_fallbacks=2, checkpoint_bad_step=50, resumed_step=0
+        ),
+    )
+    fallback = next(c for c in twice.status.conditions if c.type == "CheckpointFallback")
+    assert fallback.message == (
+        "attempt 3: 2 committed checkpoints, down to step 50, failed to load and were marked "
+        "bad (kept on the volume); started from step 0 (no earlier commit)"
+    )
+    assert [e.reason for e in twice.events] == ["CheckpointUnloadable"]
+    # Still True: the transition time is the first fallback's.
+    assert fallback.last_transition_time == ago(600)
+
+
+def test_a_failed_read_reports_no_fallback() -> None:
+    result = run(
+        status=running_status(),
+        workers=[worker(0), worker(1)],
+        progress=TrainerProgress(error="refused", checkpoint_fallbacks=1, checkpoint_bad_step=9),
+    )
+    assert not any(c.type == "CheckpointFallback" for c in result.status.conditions)
+    assert "CheckpointUnloadable" not in {e.reason for e in result.events}
 
 
 def test_the_stall_clock_is_the_trainers_own_last_step_time() -> None:
@@ -658,6 +749,203 @@ def test_a_spec_change_of_a_running_gang_starts_a_new_attempt_uncounted() -> Non
     }
     assert not [a for a in result.actions if isinstance(a, ApplyObject)]
     assert result.status.restart_after == NOW
+
+
+def test_editing_workers_starts_a_new_attempt_with_the_new_gang_size() -> None:
+    settings = RenderSettings(default_image="img")
+    for old_size, new_size in ((2, 1), (1, 3)):
+        old_spec = spec(workers=old_size)
+        new_spec = spec(workers=new_size)
+        old = render(REF, old_spec, settings, 1)
+        workers = [
+            worker(i, uid=f"p{i}", spec_hash=with_spec_hash(p)["metadata"]["annotations"][
+                SPEC_HASH_ANNOTATION])
+            for i, p in enumerate(old.pods)
+        ]  # fmt: skip
+        edited = run(status=running_status(), workers=workers, job_spec=new_spec)
+        assert edited.status.phase == "Restarting", (old_size, new_size)
+        assert (edited.status.restarts, edited.status.disruptions) == (0, 0)
+        assert deleted(edited) == {w.name for w in workers}
+        assert created_pods(edited) == []
+        # Once the old gang is gone: attempt 2 with the new size, and the ConfigMap (still
+        # the old gang's hostfile) applied again.
+        old_hashes = {
+            object_key(b): with_spec_hash(b)["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+            for b in old.all
+            if b["kind"] != "Pod"
+        }
+        view = JobView(REF, 4, ago(600), new_spec, edited.status)
+        started = plan(
+            view,
+            lambda s, attempt: render(REF, s, settings, attempt),
+            Observed(applied_hashes=old_hashes),
+            NOW,
+        )
+        assert started.status.attempt == 2
+        pods = created_pods(started)
+        assert [p["metadata"]["name"] for p in pods] == [f"j-worker-{i}" for i in range(new_size)]
+        assert {p["metadata"]["labels"][ATTEMPT_LABEL] for p in pods} == {"2"}
+        env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
+        assert env["LLMJOB_NUM_WORKERS"] == str(new_size)
+        (config_map,) = [
+            a.body
+            for a in started.actions
+            if isinstance(a, ApplyObject) and a.body["kind"] == "ConfigMap"
+        ]
+        assert len(config_map["data"]["hostfile"].splitlines()) == new_size
+        assert started.status.workers.total == new_size
+
+
+SHRINKABLE = {
+    "workers": 4,
+    "training": {"seqLen": 128, "precision": "fp32", "gradientAccumulationSteps": 3},
+    "failurePolicy": {
+        "backoffSeconds": 10,
+        "survivorGracePeriodSeconds": 5,
+        "onNodeLoss": {"shrinkAfterSeconds": 60, "minWorkers": 2},
+    },
+}
+
+
+def test_shrunk_size_is_the_largest_placeable_gang_that_keeps_the_global_batch() -> None:
+    four = spec(**SHRINKABLE)  # global batch: 12 micro-batches
+    assert shrunk_size(four, placeable=3, below=4) == 3
+    assert shrunk_size(four, placeable=9, below=4) == 3
+    assert shrunk_size(four, placeable=3, below=3) == 2
+    assert shrunk_size(four, placeable=1, below=4) is None  # minWorkers 2
+    no_accumulation = spec(**{**SHRINKABLE, "training": {"seqLen": 128, "precision": "fp32"}})
+    assert shrunk_size(no_accumulation, placeable=3, below=4) == 2  # 4 micro-batches
+    assert shrunk_size(spec(workers=4), placeable=3, below=4) is None  # no onNodeLoss
+
+
+def pending_gang(attempt: int, placed: int, total: int = 4) -> list[WorkerState]:
+    """`placed` workers on nodes (their launchers waiting for the rest), the others
+    unschedulable."""
+    return [
+        worker(i, attempt=attempt, uid=f"p{i}", node_name=f"n{i}")
+        if i < placed
+        else worker(
+            i,
+            "Pending",
+            attempt=attempt,
+            started=False,
+            uid=f"p{i}",
+            unschedulable_message="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+        )
+        for i in range(total)
+    ]
+
+
+def restarted_status(waited: float, **fields: Any) -> dict[str, Any]:
+    return {
+        "phase": "Pending",
+        "attempt": 2,
+        "startTime": ago(900).isoformat(),
+        "attemptStartTime": ago(waited).isoformat(),
+        "disruptions": 1,
+        "checkpoint": {"step": 40},
+        **fields,
+    }
+
+
+def test_a_restarted_gang_that_cannot_be_placed_shrinks_after_the_wait() -> None:
+    shrinkable = spec(**SHRINKABLE)
+    early = run(status=restarted_status(30), workers=pending_gang(2, 3), job_spec=shrinkable)
+    assert early.status.phase == "Pending"
+    assert early.actions == []
+    assert early.requeue_after == 30.0
+    result = run(status=restarted_status(61), workers=pending_gang(2, 3), job_spec=shrinkable)
+    assert result.status.phase == "Restarting"
+    assert result.status.gang_workers == 3
+    assert (result.status.restarts, result.status.disruptions) == (0, 1)
+    assert result.restart_reasons == ["GangShrunk"]
+    restarting = next(c for c in result.status.conditions if c.type == "Restarting")
+    assert restarting.reason == "GangShrunk"
+    assert "1 of 4 workers of attempt 2 unschedulable for over 60s" in restarting.message
+    assert "continues on 3 of 4 workers from the newest commit (step 40" in restarting.message
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "GangShrunk")]
+    # The incomplete gang never trained: it goes with the survivors' short grace.
+    assert {a for a in result.actions if isinstance(a, DeletePod)} == {
+        DeletePod(f"j-worker-{i}", f"p{i}", 5) for i in range(4)
+    }
+
+
+def test_no_shrink_without_the_policy_a_commit_or_a_restart() -> None:
+    shrinkable = spec(**SHRINKABLE)
+    cases = {
+        "no onNodeLoss": (restarted_status(61), spec(workers=4)),
+        "nothing committed": (restarted_status(61, checkpoint=None), shrinkable),
+        "first attempt": (restarted_status(61, attempt=1), shrinkable),
+    }
+    for case, (status, job_spec) in cases.items():
+        attempt = status["attempt"]
+        result = run(status=status, workers=pending_gang(attempt, 3), job_spec=job_spec)
+        assert result.status.phase == "Pending", case
+        assert result.status.gang_workers is None, case
+        assert not deleted(result), case
+    too_few = run(status=restarted_status(61), workers=pending_gang(2, 1), job_spec=shrinkable)
+    assert (too_few.status.phase, too_few.actions) == ("Pending", [])
+
+
+def test_the_shrunk_gang_starts_runs_and_finishes_on_fewer_workers() -> None:
+    shrinkable = spec(**SHRINKABLE)
+    shrinking = run(status=restarted_status(61), workers=pending_gang(2, 3), job_spec=shrinkable)
+    status = shrinking.status.model_dump(mode="json", by_alias=True)
+    started = run(status=status, job_spec=shrinkable, supporting=frozenset())
+    assert (started.status.attempt, started.status.gang_workers) == (3, 3)
+    pods = created_pods(started)
+    assert [p["metadata"]["name"] for p in pods] == ["j-worker-0", "j-worker-1", "j-worker-2"]
+    env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
+    assert env["LLMJOB_NUM_WORKERS"] == "3"
+    (config_map,) = [
+        a.body
+        for a in started.actions
+        if isinstance(a, ApplyObject) and a.body["kind"] == "ConfigMap"
+    ]
+    assert len(config_map["data"]["hostfile"].splitlines()) == 3
+    train = json.loads(config_map["data"]["train.json"])
+    # The training configuration is the spec's: its hash guards the resume, and the
+    # trainer keeps the checkpoint's global batch itself.
+    assert train["training"]["gradientAccumulationSteps"] == 3
+    assert "AttemptStarted" in {e.reason for e in started.events}
+    assert "3 of 4 workers" in started.events[-1].message
+
+    # Its pods, made from the shrunk spec, are no spec change.
+    gang = [
+        worker(i, attempt=3, uid=f"q{i}", spec_hash=with_spec_hash(p)["metadata"]["annotations"][
+            SPEC_HASH_ANNOTATION])
+        for i, p in enumerate(pods)
+    ]  # fmt: skip
+    attempt3 = started.status.model_dump(mode="json", by_alias=True)
+    running = run(status=attempt3, workers=gang, job_spec=shrinkable)
+    assert running.status.phase == "Running"
+    assert running.status.workers.summary == "3/3"
+    assert not deleted(running)
+    again = run(
+        status=running.status.model_dump(mode="json", by_alias=True),
+        workers=gang,
+        job_spec=shrinkable,
+    )
+    assert status_write_due(running.status, again.status, NOW, 30) is None
+    done = [dataclasses.replace(w, phase="Succeeded") for w in gang]
+    finished = run(
+        status=running.status.model_dump(mode="json", by_alias=True),
+        workers=done,
+        job_spec=shrinkable,
+    )
+    assert finished.status.phase == "Succeeded"
+
+
+def test_the_next_restart_of_a_shrunk_gang_tries_the_whole_gang_again() -> None:
+    shrinkable = spec(**SHRINKABLE)
+    status = running_status(
+        attempt=3, gangWorkers=3, restarts=1, phase="Restarting",
+        restartAfter=ago(1).isoformat(),
+    )  # fmt: skip
+    grown = run(status=status, job_spec=shrinkable)
+    assert (grown.status.attempt, grown.status.gang_workers) == (4, None)
+    assert len(created_pods(grown)) == 4
+    assert grown.status.workers.total == 4
 
 
 def test_a_worker_whose_image_cannot_be_pulled_is_reported_once() -> None:

@@ -55,6 +55,17 @@ def test_existing_claim_is_mounted_and_none_is_created() -> None:
     assert train["checkpoint"]["dir"] == "/ckpt/llama"
 
 
+def test_async_save_reaches_the_trainers_config_and_defaults_on() -> None:
+    def async_save(desired: Any) -> Any:
+        return json.loads(desired.config_map["data"]["train.json"])["checkpoint"]["asyncSave"]
+
+    assert async_save(rendered()) is True
+    blocking = rendered(checkpoint={"size": "1Gi", "asyncSave": False})
+    assert async_save(blocking) is False
+    # A changed checkpoint mode is a changed configuration: the pods' hash moves with it.
+    assert blocking.pods[0] != rendered().pods[0]
+
+
 def test_pods_have_stable_names_hostnames_and_attempt_labels() -> None:
     desired = rendered(attempt=3, workers=3)
     for index, pod in enumerate(desired.pods):

@@ -392,6 +392,17 @@ def deepspeed_config(
     return _with_defaults(overridable_defaults(training), merged)
 
 
+# The keys of the generated config that follow from the batch shape at one world size.
+BATCH_SHAPE_KEYS = frozenset({"train_batch_size", "gradient_accumulation_steps"})
+
+
+def without_batch_shape(user: dict[str, Any]) -> dict[str, Any]:
+    """`user` less the batch-shape keys: on a resume at another world size the checkpoint's
+    global batch sets them, and the operator's ds_config.json repeats the ones it generated
+    for the spec's gradient accumulation (a contradiction, were they kept)."""
+    return {key: value for key, value in user.items() if key not in BATCH_SHAPE_KEYS}
+
+
 def optimizer_offloaded(ds_config: dict[str, Any]) -> bool:
     """Whether ZeRO keeps the optimizer on the host (the trainer then uses DeepSpeedCPUAdam)."""
     offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {})

@@ -63,6 +63,9 @@ class TrainerMetrics:
         self.checkpoint_bad_step = gauge(
             "checkpoint_bad_step", "Step of the last checkpoint marked bad at resume."
         )
+        self.resumed_step = gauge(
+            "resumed_step", "Step of the checkpoint this attempt resumed from (0: none)."
+        )
         self.last_checkpoint_step = gauge("last_checkpoint_step", "Step of the last commit.")
         self.last_checkpoint_timestamp_seconds = gauge(
             "last_checkpoint_timestamp_seconds", "Unix time of the last commit."

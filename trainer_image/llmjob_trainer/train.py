@@ -40,7 +40,13 @@ from llmjob_trainer.checkpoint import (
     inject_fault,
     run_id_from,
 )
-from llmjob_trainer.config import RunConfig, TrainConfig, deepspeed_config, optimizer_offloaded
+from llmjob_trainer.config import (
+    RunConfig,
+    TrainConfig,
+    deepspeed_config,
+    optimizer_offloaded,
+    without_batch_shape,
+)
 from llmjob_trainer.data import (
     BYTE_TOKENIZER,
     BatchPrefetcher,
@@ -290,6 +296,7 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
             resume.manifest.samples_per_step, training.micro_batch_size, world_size
         )
         training = training.model_copy(update={"gradient_accumulation_steps": accumulation})
+        user_deepspeed = without_batch_shape(user_deepspeed)
         checkpointer.samples_per_step = training.samples_per_step(world_size)
         log.info(
             "resuming %d ranks' checkpoint on %d ranks: gradient accumulation %d",
@@ -356,6 +363,7 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
     metrics.world_size.set(world_size)
     metrics.attempt.set(int(os.environ.get("LLMJOB_ATTEMPT", "0")))
     metrics.step.set(step)
+    metrics.resumed_step.set(step)
     metrics.tokens.inc(tokens_seen)
     if step:
         metrics.last_checkpoint_step.set(step)
