@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmjob_operator.api import API_VERSION, GPU_RESOURCE, KIND, LLMTrainingJobSpec
+from llmjob_operator.api import API_VERSION, KIND, LLMTrainingJobSpec
 from llmjob_trainer.config import deepspeed_config
 
 LABEL_PREFIX = "training.llmjob.dev"
@@ -230,12 +230,15 @@ def quantity(value: int | str) -> str:
 
 
 def _resources(spec: LLMTrainingJobSpec) -> dict[str, Any]:
-    requests = {name: quantity(value) for name, value in spec.resources.requests.items()}
-    limits = {name: quantity(value) for name, value in spec.resources.limits.items()}
+    resources = spec.resources
+    requests = {name: quantity(value) for name, value in resources.requests.items()}
+    limits = {name: quantity(value) for name, value in resources.limits.items()}
+    # Extended resources (GPUs, RDMA devices) must have requests equal to limits.
+    extended = dict(resources.extended)
     if spec.gpus_per_worker > 0:
-        # Extended resources must have requests equal to limits.
-        requests[GPU_RESOURCE] = quantity(spec.gpus_per_worker)
-        limits[GPU_RESOURCE] = quantity(spec.gpus_per_worker)
+        extended[resources.gpu_resource_name] = spec.gpus_per_worker
+    for name, count in extended.items():
+        requests[name] = limits[name] = quantity(count)
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
@@ -289,7 +292,7 @@ def _container(
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
+            "capabilities": _capabilities(spec),
         },
     }
     resources = _resources(spec)
@@ -338,22 +341,82 @@ def render_pod(
         pod_spec["nodeSelector"] = dict(scheduling.node_selector)
     if scheduling.tolerations:
         pod_spec["tolerations"] = list(scheduling.tolerations)
-    if scheduling.affinity:
-        pod_spec["affinity"] = dict(scheduling.affinity)
+    affinity = worker_affinity(job, spec, attempt)
+    if affinity:
+        pod_spec["affinity"] = affinity
     if scheduling.priority_class_name:
         pod_spec["priorityClassName"] = scheduling.priority_class_name
     if scheduling.scheduler_name:
         pod_spec["schedulerName"] = scheduling.scheduler_name
+    pod_spec.update(_pod_identity(spec))
+    metadata = _metadata(
+        job,
+        worker_name(job.name, index),
+        labels={WORKER_INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt)},
+    )
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": _metadata(
-            job,
-            worker_name(job.name, index),
-            labels={WORKER_INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt)},
-        ),
+        "metadata": _with_pod_metadata(metadata, spec),
         "spec": pod_spec,
     }
+
+
+# -- What a GPU platform wires into the workers (spec.pod, scheduling.topology) -------------
+
+
+def _with_pod_metadata(metadata: dict[str, Any], spec: LLMTrainingJobSpec) -> dict[str, Any]:
+    """The user's labels and annotations under the operator's (the API refuses our keys; ours
+    are applied last all the same)."""
+    metadata = {**metadata, "labels": {**spec.pod.labels, **metadata["labels"]}}
+    if spec.pod.annotations:
+        metadata["annotations"] = dict(spec.pod.annotations)
+    return metadata
+
+
+def _pod_identity(spec: LLMTrainingJobSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if spec.pod.service_account_name:
+        # automountServiceAccountToken stays false: workload identity (GKE, EKS, Azure) needs
+        # the account, not the Kubernetes API token; its own webhook projects what it needs.
+        out["serviceAccountName"] = spec.pod.service_account_name
+    if spec.pod.image_pull_secrets:
+        out["imagePullSecrets"] = [{"name": s.name} for s in spec.pod.image_pull_secrets]
+    return out
+
+
+def _capabilities(spec: LLMTrainingJobSpec) -> dict[str, Any]:
+    capabilities: dict[str, Any] = {"drop": ["ALL"]}
+    if spec.pod.add_capabilities:
+        capabilities["add"] = list(spec.pod.add_capabilities)
+    return capabilities
+
+
+def worker_affinity(job: JobRef, spec: LLMTrainingJobSpec, attempt: int) -> dict[str, Any]:
+    """The user's affinity, with a podAffinity that keeps the attempt's workers in one domain of
+    scheduling.topology.key unless the user gave a podAffinity of their own.
+
+    Required by default: the scheduler lets the first worker go anywhere (no worker matches
+    yet and it matches its own term) and puts the rest beside it, so a gang is never split
+    across the slow link; it waits Pending when the domain is full. The term selects this
+    attempt only: a terminating gang must not pin the next one to its domain."""
+    affinity = dict(spec.scheduling.affinity)
+    topology = spec.scheduling.topology
+    if topology is None or "podAffinity" in affinity:
+        return affinity
+    term = {
+        "labelSelector": {"matchLabels": {JOB_NAME_LABEL: job.name, ATTEMPT_LABEL: str(attempt)}},
+        "topologyKey": topology.key,
+    }
+    if topology.mode == "Required":
+        affinity["podAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [term]}
+    else:
+        affinity["podAffinity"] = {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": term}
+            ]
+        }
+    return affinity
 
 
 def render(
