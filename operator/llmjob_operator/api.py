@@ -554,6 +554,20 @@ class TopologySpec(ApiModel):
 class SchedulingSpec(ApiModel):
     """Where the workers may run; passed to every worker pod."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            # The PodGroup of one scheduler is not moved to another's under a running gang.
+            {
+                "rule": "has(self.gang) == has(oldSelf.gang) "
+                "&& (!has(self.gang) || self.gang == oldSelf.gang)",
+                "message": "scheduling.gang is immutable: the job's pod group belongs to that "
+                "scheduler",
+                "fieldPath": ".gang",
+                "reason": "FieldValueForbidden",
+            },
+        )
+    )
+
     node_selector: dict[str, str] = Field(default_factory=dict, description="Pod nodeSelector.")
     tolerations: list[dict[str, Any]] = Field(
         default_factory=list, description="Pod tolerations (core/v1 Toleration)."
@@ -566,6 +580,15 @@ class SchedulingSpec(ApiModel):
     )
     scheduler_name: str | None = Field(
         default=None, min_length=1, description="Scheduler for the workers, e.g. a gang scheduler."
+    )
+    gang: Literal["Coscheduling", "Volcano"] | None = Field(
+        default=None,
+        description="Gang scheduling, every worker or none, by the scheduler a platform runs: "
+        "Coscheduling, a scheduler-plugins PodGroup (scheduling.x-k8s.io/v1alpha1) named after "
+        "the job and the workers' label scheduling.x-k8s.io/pod-group, for schedulerName "
+        "(default scheduler-plugins-scheduler); Volcano, a Volcano PodGroup "
+        "(scheduling.volcano.sh/v1beta1) and the annotation scheduling.k8s.io/group-name, for "
+        "schedulerName volcano. minMember is workers. Immutable.",
     )
     topology: TopologySpec | None = Field(
         default=None,

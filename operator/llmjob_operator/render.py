@@ -55,11 +55,14 @@ class DesiredObjects:
     config_map: dict[str, Any]
     pods: list[dict[str, Any]]
     claim: dict[str, Any] | None = None
+    pod_group: dict[str, Any] | None = None
+    """A gang scheduler's PodGroup (scheduling.gang): before the pods, which name it."""
     all: list[dict[str, Any]] = field(init=False)
 
     def __post_init__(self) -> None:
         extra = [self.claim] if self.claim else []
-        object.__setattr__(self, "all", [*extra, self.service, self.config_map, *self.pods])
+        group = [self.pod_group] if self.pod_group else []
+        object.__setattr__(self, "all", [*extra, self.service, self.config_map, *group, *self.pods])
 
 
 def worker_name(job: str, index: int) -> str:
@@ -346,14 +349,16 @@ def render_pod(
         pod_spec["affinity"] = affinity
     if scheduling.priority_class_name:
         pod_spec["priorityClassName"] = scheduling.priority_class_name
-    if scheduling.scheduler_name:
-        pod_spec["schedulerName"] = scheduling.scheduler_name
+    scheduler_name = scheduling.scheduler_name or _gang_scheduler(spec)
+    if scheduler_name:
+        pod_spec["schedulerName"] = scheduler_name
     pod_spec.update(_pod_identity(spec))
     metadata = _metadata(
         job,
         worker_name(job.name, index),
         labels={WORKER_INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt)},
     )
+    metadata = _in_pod_group(metadata, job, spec)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -369,8 +374,9 @@ def _with_pod_metadata(metadata: dict[str, Any], spec: LLMTrainingJobSpec) -> di
     """The user's labels and annotations under the operator's (the API refuses our keys; ours
     are applied last all the same)."""
     metadata = {**metadata, "labels": {**spec.pod.labels, **metadata["labels"]}}
-    if spec.pod.annotations:
-        metadata["annotations"] = dict(spec.pod.annotations)
+    annotations = {**spec.pod.annotations, **metadata.get("annotations", {})}
+    if annotations:
+        metadata["annotations"] = annotations
     return metadata
 
 
@@ -432,4 +438,60 @@ def render(
             render_pod(job, spec, settings, i, attempt, config_hash) for i in range(spec.workers)
         ],
         claim=render_claim(job, spec),
+        pod_group=render_pod_group(job, spec),
     )
+
+
+# -- Gang schedulers a platform runs (scheduling.gang) --------------------------------------
+# One PodGroup per job, named after it: the operator never starts an attempt while the last one
+# has live pods, so successive attempts fill the same group, and the name is known up front.
+
+COSCHEDULING_API_VERSION = "scheduling.x-k8s.io/v1alpha1"
+COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
+# The scheduler-plugins scheduler as its "second scheduler" install names it.
+COSCHEDULING_SCHEDULER = "scheduler-plugins-scheduler"
+VOLCANO_API_VERSION = "scheduling.volcano.sh/v1beta1"
+VOLCANO_ANNOTATION = "scheduling.k8s.io/group-name"
+VOLCANO_SCHEDULER = "volcano"
+
+
+def _gang_scheduler(spec: LLMTrainingJobSpec) -> str | None:
+    gang = spec.scheduling.gang
+    if gang == "Coscheduling":
+        return COSCHEDULING_SCHEDULER
+    if gang == "Volcano":
+        return VOLCANO_SCHEDULER
+    return None
+
+
+def _in_pod_group(
+    metadata: dict[str, Any], job: JobRef, spec: LLMTrainingJobSpec
+) -> dict[str, Any]:
+    gang = spec.scheduling.gang
+    if gang == "Coscheduling":
+        return {**metadata, "labels": {**metadata["labels"], COSCHEDULING_LABEL: job.name}}
+    if gang == "Volcano":
+        annotations = {**metadata.get("annotations", {}), VOLCANO_ANNOTATION: job.name}
+        return {**metadata, "annotations": annotations}
+    return metadata
+
+
+def render_pod_group(job: JobRef, spec: LLMTrainingJobSpec) -> dict[str, Any] | None:
+    """The gang's PodGroup: the scheduler binds none of its pods until minMember (all workers)
+    fit at once, so two partial gangs never hold GPUs waiting for each other."""
+    gang = spec.scheduling.gang
+    if gang is None:
+        return None
+    group_spec: dict[str, Any] = {"minMember": spec.workers}
+    if gang == "Coscheduling":
+        api_version = COSCHEDULING_API_VERSION
+    else:
+        api_version = VOLCANO_API_VERSION
+        if spec.scheduling.priority_class_name:
+            group_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    return {
+        "apiVersion": api_version,
+        "kind": "PodGroup",
+        "metadata": _metadata(job, job.name),
+        "spec": group_spec,
+    }

@@ -293,3 +293,59 @@ def test_the_users_own_pod_affinity_wins_and_node_affinity_is_kept() -> None:
     assert merged["nodeAffinity"] == node["nodeAffinity"]
     (term,) = merged["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["topologyKey"] == "zone"
+
+
+# -- scheduling.gang: the gang schedulers' PodGroups --------------------------------------
+
+
+def test_coscheduling_renders_a_pod_group_the_workers_are_labelled_for() -> None:
+    desired = rendered(workers=3, scheduling={"gang": "Coscheduling"})
+    assert desired.pod_group == {
+        "apiVersion": "scheduling.x-k8s.io/v1alpha1",
+        "kind": "PodGroup",
+        "metadata": {
+            "name": "llama",
+            "namespace": "team-a",
+            "labels": desired.service["metadata"]["labels"],
+            "ownerReferences": desired.service["metadata"]["ownerReferences"],
+        },
+        "spec": {"minMember": 3},
+    }
+    # Applied before the pods, which the scheduler holds back until their group exists.
+    kinds = [obj["kind"] for obj in desired.all]
+    assert kinds.index("PodGroup") < kinds.index("Pod")
+    for pod in desired.pods:
+        assert pod["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "llama"
+        assert pod["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
+
+
+def test_volcano_renders_its_pod_group_annotation_and_scheduler() -> None:
+    desired = rendered(
+        scheduling={"gang": "Volcano", "priorityClassName": "high"},
+        pod={"annotations": {"k8s.v1.cni.cncf.io/networks": "rdma-net"}},
+    )
+    assert desired.pod_group is not None
+    assert desired.pod_group["apiVersion"] == "scheduling.volcano.sh/v1beta1"
+    assert desired.pod_group["spec"] == {"minMember": 2, "priorityClassName": "high"}
+    for pod in desired.pods:
+        assert pod["metadata"]["annotations"] == {
+            "k8s.v1.cni.cncf.io/networks": "rdma-net",
+            "scheduling.k8s.io/group-name": "llama",
+        }
+        assert pod["spec"]["schedulerName"] == "volcano"
+        assert "scheduling.x-k8s.io/pod-group" not in pod["metadata"]["labels"]
+
+
+def test_a_scheduler_name_of_ones_own_runs_the_gang_and_none_means_no_group() -> None:
+    own = rendered(scheduling={"gang": "Coscheduling", "schedulerName": "gpu-scheduler"})
+    assert {pod["spec"]["schedulerName"] for pod in own.pods} == {"gpu-scheduler"}
+    plain = rendered()
+    assert plain.pod_group is None
+    assert "PodGroup" not in [obj["kind"] for obj in plain.all]
+    assert "schedulerName" not in plain.pods[0]["spec"]
+
+
+def test_an_unknown_gang_scheduler_is_rejected_naming_the_field() -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate_job(document(scheduling={"gang": "Yunikorn"}), PassthroughPolicy())
+    assert explain_validation_error(caught.value).startswith("spec.scheduling.gang: ")
