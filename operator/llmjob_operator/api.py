@@ -236,10 +236,12 @@ class ResourceSpec(ApiModel):
     limits: dict[str, Quantity] = Field(
         default_factory=dict, description="Maximum resources, e.g. {memory: 128Gi}."
     )
-    gpu_resource_name: str = Field(
-        default=GPU_RESOURCE,
-        description="The extended resource gpusPerWorker requests (and limits): nvidia.com/gpu, "
-        "amd.com/gpu, or a MIG profile such as nvidia.com/mig-1g.10gb.",
+    # No schema defaults here or in `pod`: a field the API server injects into every stored job
+    # would make an operator one release older reject (and fail) every job during an upgrade.
+    gpu_resource_name: str | None = Field(
+        default=None,
+        description="The extended resource gpusPerWorker requests (and limits): nvidia.com/gpu "
+        "(if omitted), amd.com/gpu, or a MIG profile such as nvidia.com/mig-1g.10gb.",
     )
     extended: dict[str, int] = Field(
         default_factory=dict,
@@ -248,9 +250,14 @@ class ResourceSpec(ApiModel):
         "equal).",
     )
 
+    @property
+    def gpu_resource(self) -> str:
+        """What gpusPerWorker counts."""
+        return self.gpu_resource_name or GPU_RESOURCE
+
     @model_validator(mode="after")
     def _resource_names(self) -> Self:
-        gpu = self.gpu_resource_name
+        gpu = self.gpu_resource
         problem = extended_resource_problem(gpu)
         if problem:
             raise ValueError(f"resources.gpuResourceName {gpu!r}: {problem}")
@@ -825,8 +832,8 @@ class LLMTrainingJobSpec(ApiModel):
     metrics_port: int = Field(
         default=9400, ge=1024, le=65535, description="Port of each worker's /metrics."
     )
-    pod: WorkerPodSpec = Field(
-        default_factory=WorkerPodSpec,
+    pod: WorkerPodSpec | None = Field(
+        default=None,
         description="Labels, annotations, identity, pull secrets and capabilities of every "
         "worker pod.",
     )
@@ -841,6 +848,11 @@ class LLMTrainingJobSpec(ApiModel):
     @property
     def world_size(self) -> int:
         return self.workers * self.slots_per_worker
+
+    @property
+    def worker_pod(self) -> WorkerPodSpec:
+        """spec.pod, or its defaults (nothing added) when omitted."""
+        return self.pod or WorkerPodSpec()
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Self:

@@ -239,7 +239,7 @@ def _resources(spec: LLMTrainingJobSpec) -> dict[str, Any]:
     # Extended resources (GPUs, RDMA devices) must have requests equal to limits.
     extended = dict(resources.extended)
     if spec.gpus_per_worker > 0:
-        extended[resources.gpu_resource_name] = spec.gpus_per_worker
+        extended[resources.gpu_resource] = spec.gpus_per_worker
     for name, count in extended.items():
         requests[name] = limits[name] = quantity(count)
     out: dict[str, Any] = {}
@@ -373,8 +373,9 @@ def render_pod(
 def _with_pod_metadata(metadata: dict[str, Any], spec: LLMTrainingJobSpec) -> dict[str, Any]:
     """The user's labels and annotations under the operator's (the API refuses our keys; ours
     are applied last all the same)."""
-    metadata = {**metadata, "labels": {**spec.pod.labels, **metadata["labels"]}}
-    annotations = {**spec.pod.annotations, **metadata.get("annotations", {})}
+    pod = spec.worker_pod
+    metadata = {**metadata, "labels": {**pod.labels, **metadata["labels"]}}
+    annotations = {**pod.annotations, **metadata.get("annotations", {})}
     if annotations:
         metadata["annotations"] = annotations
     return metadata
@@ -382,19 +383,20 @@ def _with_pod_metadata(metadata: dict[str, Any], spec: LLMTrainingJobSpec) -> di
 
 def _pod_identity(spec: LLMTrainingJobSpec) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if spec.pod.service_account_name:
+    pod = spec.worker_pod
+    if pod.service_account_name:
         # automountServiceAccountToken stays false: workload identity (GKE, EKS, Azure) needs
         # the account, not the Kubernetes API token; its own webhook projects what it needs.
-        out["serviceAccountName"] = spec.pod.service_account_name
-    if spec.pod.image_pull_secrets:
-        out["imagePullSecrets"] = [{"name": s.name} for s in spec.pod.image_pull_secrets]
+        out["serviceAccountName"] = pod.service_account_name
+    if pod.image_pull_secrets:
+        out["imagePullSecrets"] = [{"name": s.name} for s in pod.image_pull_secrets]
     return out
 
 
 def _capabilities(spec: LLMTrainingJobSpec) -> dict[str, Any]:
     capabilities: dict[str, Any] = {"drop": ["ALL"]}
-    if spec.pod.add_capabilities:
-        capabilities["add"] = list(spec.pod.add_capabilities)
+    if spec.worker_pod.add_capabilities:
+        capabilities["add"] = list(spec.worker_pod.add_capabilities)
     return capabilities
 
 

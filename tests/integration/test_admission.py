@@ -224,6 +224,8 @@ def test_checkpoint_storage_is_immutable_and_the_rest_is_not(
             "spec.checkpoint.storageClassName",
         ),
         ({"checkpoint": {"claimName": "other", "intervalSteps": 20}}, "spec.checkpoint"),
+        # The job's PodGroup belongs to one gang scheduler.
+        ({"scheduling": {**spec["scheduling"], "gang": "Volcano"}}, "spec.scheduling.gang"),
         # An update is checked by the webhook as a create is.
         ({"volumes": [{"name": "scratch", "hostPath": {"path": "/"}}]}, "volumes[0].hostPath"),
         # Everything else stays mutable (the operator starts a new attempt when it must).

@@ -13,6 +13,7 @@ from llmjob_operator.api import (
     explain_validation_error,
     validate_job,
 )
+from llmjob_operator.crd import custom_resource_definition
 from llmjob_operator.reconcile import spec_hash
 from llmjob_operator.render import (
     ATTEMPT_LABEL,
@@ -349,3 +350,16 @@ def test_an_unknown_gang_scheduler_is_rejected_naming_the_field() -> None:
     with pytest.raises(ValidationError) as caught:
         validate_job(document(scheduling={"gang": "Yunikorn"}), PassthroughPolicy())
     assert explain_validation_error(caught.value).startswith("spec.scheduling.gang: ")
+
+
+def test_the_crd_injects_none_of_the_knobs_into_jobs_that_do_not_use_them() -> None:
+    """A default in the schema is written into every job the API server returns, old ones too:
+    an operator a release older would see fields it does not know and fail every job while an
+    upgrade applies the CRD first. So the knobs have none."""
+    schema = custom_resource_definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec = schema["properties"]["spec"]["properties"]
+    assert "default" not in spec["pod"]
+    assert "default" not in spec["resources"]["properties"]["gpuResourceName"]
+    assert "default" not in spec["resources"]["properties"]["extended"]
+    for name in ("topology", "gang"):
+        assert "default" not in spec["scheduling"]["properties"][name]
