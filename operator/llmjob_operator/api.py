@@ -7,6 +7,7 @@ CEL rules in `json_schema_extra` repeat a pydantic rule where the API server can
 check it at admission; the pydantic validator stays the authority.
 """
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -65,6 +66,64 @@ QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 Quantity = int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
 
 
+# -- Kubernetes names, checked here so that a bad one is refused at admission naming the field
+# instead of failing the pods' creation (k8s.io/apimachinery/pkg/util/validation).
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_NAME_PART = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+# Container resources that are not extended resources (core/v1 IsStandardContainerResourceName).
+NATIVE_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage"})
+HUGEPAGES_PREFIX = "hugepages-"
+
+
+def dns_subdomain_problem(value: str) -> str | None:
+    """Why `value` is not a DNS-1123 subdomain (an object name, a key prefix), or None."""
+    if len(value) > 253:
+        return "at most 253 characters"
+    if not _DNS_SUBDOMAIN.fullmatch(value):
+        return "lowercase letters, digits, '-' and '.', starting and ending alphanumeric"
+    return None
+
+
+def qualified_name_problem(key: str) -> str | None:
+    """Why `key` is not a qualified name (`[prefix/]name`: label and annotation keys)."""
+    parts = key.split("/")
+    if len(parts) > 2:
+        return "at most one '/' (prefix/name)"
+    name = parts[-1]
+    if len(parts) == 2:
+        problem = dns_subdomain_problem(parts[0]) if parts[0] else "an empty prefix"
+        if problem:
+            return f"the prefix before '/' must be a DNS subdomain ({problem})"
+    if not name or len(name) > 63 or not _NAME_PART.fullmatch(name):
+        return (
+            "the name must be 1-63 letters, digits, '-', '_' or '.', starting and ending "
+            "alphanumeric"
+        )
+    return None
+
+
+def label_value_problem(value: str) -> str | None:
+    if len(value) > 63 or (value and not _NAME_PART.fullmatch(value)):
+        return (
+            "a label value is empty or up to 63 letters, digits, '-', '_' or '.', starting and "
+            "ending alphanumeric"
+        )
+    return None
+
+
+def extended_resource_problem(name: str) -> str | None:
+    """Why `name` cannot be an extended resource of a container (a device plugin's `domain/name`
+    outside kubernetes.io, as core/v1 IsExtendedResourceName), or None."""
+    if "/" not in name:
+        return "an extended resource is domain/name, e.g. nvidia.com/gpu"
+    if "kubernetes.io/" in name or name.startswith("requests."):
+        return "kubernetes.io names are Kubernetes' own, not extended resources"
+    problem = qualified_name_problem(name) or qualified_name_problem(f"requests.{name}")
+    if problem:
+        return problem
+    return None
+
+
 def _cel(*rules: tuple[str, str] | dict[str, str]) -> dict[str, Any]:
     return {
         "x-kubernetes-validations": [
@@ -100,6 +159,9 @@ class PassthroughPolicy(BaseModel):
 
     allow_host_path: bool = False
     allow_secrets: bool = False
+    allow_ipc_lock: bool = False
+    """Whether `pod.addCapabilities: [IPC_LOCK]` (RDMA) is accepted: it is outside the Pod
+    Security Standards' baseline, so a platform opts in (and exempts the namespaces)."""
 
 
 POLICY_CONTEXT_KEY = "passthroughPolicy"
@@ -165,7 +227,8 @@ def _policy(info: ValidationInfo) -> PassthroughPolicy:
 
 
 class ResourceSpec(ApiModel):
-    """CPU and memory for each worker, besides GPUs (set those with gpusPerWorker)."""
+    """Resources of each worker: CPU and memory, which accelerator gpusPerWorker counts, and
+    extra device-plugin resources such as RDMA."""
 
     requests: dict[str, Quantity] = Field(
         default_factory=dict, description="Minimum resources, e.g. {cpu: 8, memory: 64Gi}."
@@ -173,15 +236,72 @@ class ResourceSpec(ApiModel):
     limits: dict[str, Quantity] = Field(
         default_factory=dict, description="Maximum resources, e.g. {memory: 128Gi}."
     )
+    # No schema defaults here or in `pod`: a field the API server injects into every stored job
+    # would make an operator one release older reject (and fail) every job during an upgrade.
+    gpu_resource_name: str | None = Field(
+        default=None,
+        description="The extended resource gpusPerWorker requests (and limits): nvidia.com/gpu "
+        "(if omitted), amd.com/gpu, or a MIG profile such as nvidia.com/mig-1g.10gb.",
+    )
+    extended: dict[str, int] = Field(
+        default_factory=dict,
+        description="Extra extended resources of each worker besides its GPUs, e.g. "
+        "{rdma/ib: 1}: whole numbers, set as both request and limit (Kubernetes requires them "
+        "equal).",
+    )
+
+    @property
+    def gpu_resource(self) -> str:
+        """What gpusPerWorker counts."""
+        return self.gpu_resource_name or GPU_RESOURCE
 
     @model_validator(mode="after")
-    def _no_gpus_here(self) -> Self:
-        for section in ("requests", "limits"):
-            if GPU_RESOURCE in getattr(self, section):
+    def _resource_names(self) -> Self:
+        gpu = self.gpu_resource
+        problem = extended_resource_problem(gpu)
+        if problem:
+            raise ValueError(f"resources.gpuResourceName {gpu!r}: {problem}")
+        for name, count in self.extended.items():
+            problem = extended_resource_problem(name)
+            if problem:
+                raise ValueError(f"resources.extended[{name!r}]: {problem}")
+            if count < 1:
+                raise ValueError(f"resources.extended[{name!r}] must be at least 1 (got {count})")
+            if name == gpu:
                 raise ValueError(
-                    f"resources.{section} must not name {GPU_RESOURCE}; set gpusPerWorker instead"
+                    f"resources.extended must not name {gpu}, the GPU resource; set "
+                    "gpusPerWorker instead"
                 )
+        for section in ("requests", "limits"):
+            for name in getattr(self, section):
+                if name == gpu:
+                    raise ValueError(
+                        f"resources.{section} must not name {gpu}; set gpusPerWorker instead"
+                    )
+                if name in self.extended:
+                    raise ValueError(
+                        f"resources.{section}[{name!r}]: already in resources.extended (which "
+                        "sets both request and limit); name it once"
+                    )
+                if name not in NATIVE_RESOURCES and not name.startswith(HUGEPAGES_PREFIX):
+                    problem = extended_resource_problem(name)
+                    if problem:
+                        raise ValueError(
+                            f"resources.{section}[{name!r}]: not cpu, memory, ephemeral-storage "
+                            f"or hugepages-<size>, and not an extended resource: {problem}"
+                        )
+        self._extended_requests_equal_limits()
         return self
+
+    def _extended_requests_equal_limits(self) -> None:
+        for name, value in self.requests.items():
+            if name in NATIVE_RESOURCES or name.startswith(HUGEPAGES_PREFIX):
+                continue
+            if str(self.limits.get(name)) != str(value):
+                raise ValueError(
+                    f"resources.requests[{name!r}]: an extended resource needs a limit equal to "
+                    "its request; put it in resources.extended instead"
+                )
 
 
 class CheckpointSpec(ApiModel):
@@ -443,8 +563,48 @@ class RunPolicy(ApiModel):
     )
 
 
+class TopologySpec(ApiModel):
+    """One topology domain for the whole gang: every worker of an attempt on nodes that share
+    the value of the node label `key`. DeepSpeed's collectives run at the speed of the slowest
+    link, so a gang split across zones or racks trains slower (and pays cross-zone traffic)."""
+
+    key: str = Field(
+        description="Node label whose value names the domain, e.g. topology.kubernetes.io/zone "
+        "or a rack label; nodes without it are not used."
+    )
+    mode: Literal["Required", "Preferred"] = Field(
+        default="Required",
+        description="Required (default): the scheduler places every worker in the domain of the "
+        "first one placed, or leaves it Pending (see failurePolicy.schedulingTimeoutSeconds); a "
+        "split gang is never started. Preferred: the same domain when there is room, split "
+        "when there is not.",
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _label_key(cls, key: str) -> str:
+        problem = qualified_name_problem(key)
+        if problem:
+            raise ValueError(f"{key!r} is not a node label key: {problem}")
+        return key
+
+
 class SchedulingSpec(ApiModel):
     """Where the workers may run; passed to every worker pod."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            # The PodGroup of one scheduler is not moved to another's under a running gang.
+            {
+                "rule": "has(self.gang) == has(oldSelf.gang) "
+                "&& (!has(self.gang) || self.gang == oldSelf.gang)",
+                "message": "scheduling.gang is immutable: the job's pod group belongs to that "
+                "scheduler",
+                "fieldPath": ".gang",
+                "reason": "FieldValueForbidden",
+            },
+        )
+    )
 
     node_selector: dict[str, str] = Field(default_factory=dict, description="Pod nodeSelector.")
     tolerations: list[dict[str, Any]] = Field(
@@ -459,6 +619,20 @@ class SchedulingSpec(ApiModel):
     scheduler_name: str | None = Field(
         default=None, min_length=1, description="Scheduler for the workers, e.g. a gang scheduler."
     )
+    gang: Literal["Coscheduling", "Volcano"] | None = Field(
+        default=None,
+        description="Gang scheduling, every worker or none, by the scheduler a platform runs: "
+        "Coscheduling, a scheduler-plugins PodGroup (scheduling.x-k8s.io/v1alpha1) named after "
+        "the job and the workers' label scheduling.x-k8s.io/pod-group, for schedulerName "
+        "(default scheduler-plugins-scheduler); Volcano, a Volcano PodGroup "
+        "(scheduling.volcano.sh/v1beta1) and the annotation scheduling.k8s.io/group-name, for "
+        "schedulerName volcano. minMember is workers. Immutable.",
+    )
+    topology: TopologySpec | None = Field(
+        default=None,
+        description="Keep the gang in one topology domain (a zone, a rack): a podAffinity among "
+        "the workers of an attempt. Not added when affinity.podAffinity is given (yours wins).",
+    )
 
 
 def _named(items: list[dict[str, Any]], field: str) -> list[str]:
@@ -469,6 +643,142 @@ def _named(items: list[dict[str, Any]], field: str) -> list[str]:
             raise ValueError(f"{field}[{index}].name is required")
         names.append(name)
     return names
+
+
+# -- What a GPU platform wires into every worker pod (spec.pod) -----------------------------
+
+# Label and annotation keys the operator sets on workers, or that would take the gang out of its
+# hands: a worker labelled for a Kueue queue by hand would be queued as a lone pod, not a group.
+OPERATOR_METADATA_DOMAIN = GROUP
+RESERVED_POD_METADATA: dict[str, str] = {
+    "app.kubernetes.io/name": "the operator sets it on every object it creates",
+    "app.kubernetes.io/managed-by": "the operator sets it on every object it creates",
+    "kueue.x-k8s.io/queue-name": "label the LLMTrainingJob itself to queue it",
+    "kueue.x-k8s.io/pod-group-name": "the operator makes the gang one Kueue pod group",
+    "kueue.x-k8s.io/pod-group-total-count": "the operator makes the gang one Kueue pod group",
+    "scheduling.x-k8s.io/pod-group": "the operator names the gang's pod group",
+    "scheduling.k8s.io/group-name": "the operator names the gang's pod group",
+}
+# The API server's limit on all annotations of an object together (TotalAnnotationSizeLimitB).
+MAX_ANNOTATIONS_BYTES = 256 * 1024
+# What a worker may add to its capabilities (it drops ALL): RDMA registers (pins) memory.
+ADDABLE_CAPABILITIES = ("IPC_LOCK",)
+
+
+def _reserved_key_problem(key: str) -> str | None:
+    prefix, _, _ = key.rpartition("/")
+    if prefix == OPERATOR_METADATA_DOMAIN or prefix.endswith(f".{OPERATOR_METADATA_DOMAIN}"):
+        return f"{OPERATOR_METADATA_DOMAIN} keys are the operator's own"
+    hint = RESERVED_POD_METADATA.get(key)
+    return f"set by the operator ({hint})" if hint else None
+
+
+class LocalObjectReference(ApiModel):
+    """A reference to an object in the job's namespace (core/v1 LocalObjectReference)."""
+
+    name: str = Field(min_length=1, description="Name of the object.")
+
+
+class WorkerPodSpec(ApiModel):
+    """What a platform wires into every worker pod: network attachments (Multus), workload
+    identity for object storage, private registries, RDMA. The operator's own labels,
+    annotations and security context stay as they are."""
+
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra labels of every worker pod; keys under training.llmjob.dev and the "
+        "ones the operator sets (app.kubernetes.io/name, managed-by, Kueue and pod-group keys) "
+        "are refused.",
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra annotations of every worker pod, e.g. "
+        "{k8s.v1.cni.cncf.io/networks: rdma-net} for Multus; the operator's keys are refused.",
+    )
+    service_account_name: str | None = Field(
+        default=None,
+        description="ServiceAccount of the workers, e.g. one bound to a cloud identity for object "
+        "storage (workload identity). The Kubernetes API token is still not mounted.",
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Secrets in the job's namespace for pulling the trainer image, [{name: x}].",
+    )
+    add_capabilities: list[str] = Field(
+        default_factory=list,
+        description="Linux capabilities added to the trainer container, which drops all others: "
+        "only IPC_LOCK (RDMA memory registration), and only when the operator allows it "
+        "(--allow-ipc-lock). The rest of the Pod Security Standards' baseline still applies; "
+        "the namespace must admit IPC_LOCK (baseline does not).",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            problem = qualified_name_problem(key) or _reserved_key_problem(key)
+            if problem:
+                raise ValueError(f"label {key!r}: {problem}")
+            problem = label_value_problem(value)
+            if problem:
+                raise ValueError(f"label {key!r}: value {value!r}: {problem}")
+        return labels
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations(cls, annotations: dict[str, str]) -> dict[str, str]:
+        for key in annotations:
+            # The API server checks annotation keys lowercased.
+            problem = qualified_name_problem(key.lower()) or _reserved_key_problem(key)
+            if problem:
+                raise ValueError(f"annotation {key!r}: {problem}")
+        size = sum(len(key) + len(value) for key, value in annotations.items())
+        if size > MAX_ANNOTATIONS_BYTES:
+            raise ValueError(
+                f"annotations total {size} bytes; the API server takes at most "
+                f"{MAX_ANNOTATIONS_BYTES}"
+            )
+        return annotations
+
+    @field_validator("service_account_name")
+    @classmethod
+    def _service_account(cls, name: str | None) -> str | None:
+        problem = None if name is None else dns_subdomain_problem(name)
+        if problem:
+            raise ValueError(f"{name!r} is not a ServiceAccount name: {problem}")
+        return name
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _pull_secrets(cls, secrets: list[LocalObjectReference]) -> list[LocalObjectReference]:
+        names = [secret.name for secret in secrets]
+        for name in names:
+            problem = dns_subdomain_problem(name)
+            if problem:
+                raise ValueError(f"{name!r} is not a Secret name: {problem}")
+        if len(set(names)) != len(names):
+            raise ValueError("names must be unique")
+        return secrets
+
+    @field_validator("add_capabilities")
+    @classmethod
+    def _capabilities(cls, capabilities: list[str], info: ValidationInfo) -> list[str]:
+        for capability in capabilities:
+            if capability not in ADDABLE_CAPABILITIES:
+                raise ValueError(
+                    f"{capability!r} may not be added: a worker may add only IPC_LOCK (RDMA "
+                    "memory registration); it runs with every other capability dropped"
+                )
+        if len(set(capabilities)) != len(capabilities):
+            raise ValueError("a capability is named twice")
+        if capabilities and not _policy(info).allow_ipc_lock:
+            raise ValueError(
+                "IPC_LOCK is refused on this cluster: it is outside the Pod Security Standards' "
+                "baseline; the operator's --allow-ipc-lock (chart: specPolicy.allowIpcLock) "
+                "permits it"
+            )
+        return capabilities
 
 
 class LLMTrainingJobSpec(ApiModel):
@@ -508,8 +818,8 @@ class LLMTrainingJobSpec(ApiModel):
         default=1,
         ge=0,
         le=64,
-        description="nvidia.com/gpu request and limit of each worker, and its hostfile slots; "
-        "0 runs on CPU.",
+        description="GPUs of each worker (resources.gpuResourceName, nvidia.com/gpu by "
+        "default), requested and limited alike, and its hostfile slots; 0 runs on CPU.",
     )
     procs_per_worker: int | None = Field(
         default=None,
@@ -558,6 +868,11 @@ class LLMTrainingJobSpec(ApiModel):
     metrics_port: int = Field(
         default=9400, ge=1024, le=65535, description="Port of each worker's /metrics."
     )
+    pod: WorkerPodSpec | None = Field(
+        default=None,
+        description="Labels, annotations, identity, pull secrets and capabilities of every "
+        "worker pod.",
+    )
 
     @property
     def slots_per_worker(self) -> int:
@@ -569,6 +884,11 @@ class LLMTrainingJobSpec(ApiModel):
     @property
     def world_size(self) -> int:
         return self.workers * self.slots_per_worker
+
+    @property
+    def worker_pod(self) -> WorkerPodSpec:
+        """spec.pod, or its defaults (nothing added) when omitted."""
+        return self.pod or WorkerPodSpec()
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Self:

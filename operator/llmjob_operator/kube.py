@@ -77,6 +77,15 @@ def _listers(core: client.CoreV1Api) -> dict[str, tuple[Callable[..., Any], Call
     }
 
 
+# Owned objects outside the core API, by apiVersion and kind, with their plural: the gang
+# schedulers' PodGroups (scheduling.gang). They are not watched (a cluster may not serve them):
+# the cache holds the copy the server returned to the create or the apply.
+CUSTOM_KINDS: dict[tuple[str, str], str] = {
+    ("scheduling.x-k8s.io/v1alpha1", "PodGroup"): "podgroups",
+    ("scheduling.volcano.sh/v1beta1", "PodGroup"): "podgroups",
+}
+
+
 class ConflictError(Exception):
     """The job changed since it was read: re-observe and plan again."""
 
@@ -186,6 +195,8 @@ class Kube:
         name = body["metadata"]["name"]
         owners = body["metadata"].get("ownerReferences") or []
         owner_uid = owners[0]["uid"] if owners else None
+        if (body["apiVersion"], kind) in CUSTOM_KINDS:
+            return self._apply_custom(body, cached, owner_uid)
         if cached is None or kind == "Pod":
             return self._create(kind, namespace, name, body, owner_uid)
         if owner_uid is None:
@@ -220,6 +231,48 @@ class Kube:
         if owner_uid is not None and store.controller_uid(existing) != owner_uid:
             raise ForeignObjectError(kind, name, _owner_description(existing)) from None
         return existing
+
+    def _apply_custom(
+        self, body: dict[str, Any], cached: dict[str, Any] | None, owner_uid: str | None
+    ) -> dict[str, Any]:
+        """apply() for CUSTOM_KINDS, as for the core kinds (create when the cache has none,
+        server-side apply when it has ours), but returns the server's copy: the only way one
+        reaches the cache. A same-named object controlled by someone else is never touched."""
+        group, version = body["apiVersion"].split("/")
+        plural = CUSTOM_KINDS[(body["apiVersion"], body["kind"])]
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        where = (group, version, namespace, plural)
+        if cached is None:
+            try:
+                created: dict[str, Any] = self._write(
+                    self.custom.create_namespaced_custom_object,
+                    *where,
+                    body,
+                    field_manager=FIELD_MANAGER,
+                )
+                return created
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+            # Already there (after a restart the cache starts empty): ours, or someone else's.
+            existing = cast(
+                dict[str, Any], self._read(self.custom.get_namespaced_custom_object, *where, name)
+            )
+            if store.controller_uid(existing) != owner_uid:
+                raise ForeignObjectError(body["kind"], name, _owner_description(existing))
+            return existing
+        if store.controller_uid(cached) != owner_uid:
+            raise ForeignObjectError(body["kind"], name, _owner_description(cached))
+        applied: dict[str, Any] = self._write(
+            self.custom.patch_namespaced_custom_object,
+            *where,
+            name,
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY_PATCH,
+        )
+        return applied
 
     def delete_pod(
         self, namespace: str, name: str, uid: str, grace_seconds: int | None = None

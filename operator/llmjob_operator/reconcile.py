@@ -122,6 +122,9 @@ def object_key(body: dict[str, Any]) -> str:
 def spec_hash(body: dict[str, Any]) -> str:
     content = {k: v for k, v in body.items() if k not in ("metadata", "status")}
     content["labels"] = body["metadata"].get("labels")
+    # Only when there are any (spec.pod.annotations): objects without them hash as they did.
+    if body["metadata"].get("annotations"):
+        content["annotations"] = body["metadata"]["annotations"]
     return content_hash(content)
 
 

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmjob_operator.api import API_VERSION, GPU_RESOURCE, KIND, LLMTrainingJobSpec
+from llmjob_operator.api import API_VERSION, KIND, LLMTrainingJobSpec
 from llmjob_trainer.config import deepspeed_config
 
 LABEL_PREFIX = "training.llmjob.dev"
@@ -55,11 +55,14 @@ class DesiredObjects:
     config_map: dict[str, Any]
     pods: list[dict[str, Any]]
     claim: dict[str, Any] | None = None
+    pod_group: dict[str, Any] | None = None
+    """A gang scheduler's PodGroup (scheduling.gang): before the pods, which name it."""
     all: list[dict[str, Any]] = field(init=False)
 
     def __post_init__(self) -> None:
         extra = [self.claim] if self.claim else []
-        object.__setattr__(self, "all", [*extra, self.service, self.config_map, *self.pods])
+        group = [self.pod_group] if self.pod_group else []
+        object.__setattr__(self, "all", [*extra, self.service, self.config_map, *group, *self.pods])
 
 
 def worker_name(job: str, index: int) -> str:
@@ -230,12 +233,15 @@ def quantity(value: int | str) -> str:
 
 
 def _resources(spec: LLMTrainingJobSpec) -> dict[str, Any]:
-    requests = {name: quantity(value) for name, value in spec.resources.requests.items()}
-    limits = {name: quantity(value) for name, value in spec.resources.limits.items()}
+    resources = spec.resources
+    requests = {name: quantity(value) for name, value in resources.requests.items()}
+    limits = {name: quantity(value) for name, value in resources.limits.items()}
+    # Extended resources (GPUs, RDMA devices) must have requests equal to limits.
+    extended = dict(resources.extended)
     if spec.gpus_per_worker > 0:
-        # Extended resources must have requests equal to limits.
-        requests[GPU_RESOURCE] = quantity(spec.gpus_per_worker)
-        limits[GPU_RESOURCE] = quantity(spec.gpus_per_worker)
+        extended[resources.gpu_resource] = spec.gpus_per_worker
+    for name, count in extended.items():
+        requests[name] = limits[name] = quantity(count)
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
@@ -289,7 +295,7 @@ def _container(
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
+            "capabilities": _capabilities(spec),
         },
     }
     resources = _resources(spec)
@@ -338,22 +344,87 @@ def render_pod(
         pod_spec["nodeSelector"] = dict(scheduling.node_selector)
     if scheduling.tolerations:
         pod_spec["tolerations"] = list(scheduling.tolerations)
-    if scheduling.affinity:
-        pod_spec["affinity"] = dict(scheduling.affinity)
+    affinity = worker_affinity(job, spec, attempt)
+    if affinity:
+        pod_spec["affinity"] = affinity
     if scheduling.priority_class_name:
         pod_spec["priorityClassName"] = scheduling.priority_class_name
-    if scheduling.scheduler_name:
-        pod_spec["schedulerName"] = scheduling.scheduler_name
+    scheduler_name = scheduling.scheduler_name or _gang_scheduler(spec)
+    if scheduler_name:
+        pod_spec["schedulerName"] = scheduler_name
+    pod_spec.update(_pod_identity(spec))
+    metadata = _metadata(
+        job,
+        worker_name(job.name, index),
+        labels={WORKER_INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt)},
+    )
+    metadata = _in_pod_group(metadata, job, spec)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": _metadata(
-            job,
-            worker_name(job.name, index),
-            labels={WORKER_INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt)},
-        ),
+        "metadata": _with_pod_metadata(metadata, spec),
         "spec": pod_spec,
     }
+
+
+# -- What a GPU platform wires into the workers (spec.pod, scheduling.topology) -------------
+
+
+def _with_pod_metadata(metadata: dict[str, Any], spec: LLMTrainingJobSpec) -> dict[str, Any]:
+    """The user's labels and annotations under the operator's (the API refuses our keys; ours
+    are applied last all the same)."""
+    pod = spec.worker_pod
+    metadata = {**metadata, "labels": {**pod.labels, **metadata["labels"]}}
+    annotations = {**pod.annotations, **metadata.get("annotations", {})}
+    if annotations:
+        metadata["annotations"] = annotations
+    return metadata
+
+
+def _pod_identity(spec: LLMTrainingJobSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    pod = spec.worker_pod
+    if pod.service_account_name:
+        # automountServiceAccountToken stays false: workload identity (GKE, EKS, Azure) needs
+        # the account, not the Kubernetes API token; its own webhook projects what it needs.
+        out["serviceAccountName"] = pod.service_account_name
+    if pod.image_pull_secrets:
+        out["imagePullSecrets"] = [{"name": s.name} for s in pod.image_pull_secrets]
+    return out
+
+
+def _capabilities(spec: LLMTrainingJobSpec) -> dict[str, Any]:
+    capabilities: dict[str, Any] = {"drop": ["ALL"]}
+    if spec.worker_pod.add_capabilities:
+        capabilities["add"] = list(spec.worker_pod.add_capabilities)
+    return capabilities
+
+
+def worker_affinity(job: JobRef, spec: LLMTrainingJobSpec, attempt: int) -> dict[str, Any]:
+    """The user's affinity, with a podAffinity that keeps the attempt's workers in one domain of
+    scheduling.topology.key unless the user gave a podAffinity of their own.
+
+    Required by default: the scheduler lets the first worker go anywhere (no worker matches
+    yet and it matches its own term) and puts the rest beside it, so a gang is never split
+    across the slow link; it waits Pending when the domain is full. The term selects this
+    attempt only: a terminating gang must not pin the next one to its domain."""
+    affinity = dict(spec.scheduling.affinity)
+    topology = spec.scheduling.topology
+    if topology is None or "podAffinity" in affinity:
+        return affinity
+    term = {
+        "labelSelector": {"matchLabels": {JOB_NAME_LABEL: job.name, ATTEMPT_LABEL: str(attempt)}},
+        "topologyKey": topology.key,
+    }
+    if topology.mode == "Required":
+        affinity["podAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [term]}
+    else:
+        affinity["podAffinity"] = {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": term}
+            ]
+        }
+    return affinity
 
 
 def render(
@@ -369,4 +440,60 @@ def render(
             render_pod(job, spec, settings, i, attempt, config_hash) for i in range(spec.workers)
         ],
         claim=render_claim(job, spec),
+        pod_group=render_pod_group(job, spec),
     )
+
+
+# -- Gang schedulers a platform runs (scheduling.gang) --------------------------------------
+# One PodGroup per job, named after it: the operator never starts an attempt while the last one
+# has live pods, so successive attempts fill the same group, and the name is known up front.
+
+COSCHEDULING_API_VERSION = "scheduling.x-k8s.io/v1alpha1"
+COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
+# The scheduler-plugins scheduler as its "second scheduler" install names it.
+COSCHEDULING_SCHEDULER = "scheduler-plugins-scheduler"
+VOLCANO_API_VERSION = "scheduling.volcano.sh/v1beta1"
+VOLCANO_ANNOTATION = "scheduling.k8s.io/group-name"
+VOLCANO_SCHEDULER = "volcano"
+
+
+def _gang_scheduler(spec: LLMTrainingJobSpec) -> str | None:
+    gang = spec.scheduling.gang
+    if gang == "Coscheduling":
+        return COSCHEDULING_SCHEDULER
+    if gang == "Volcano":
+        return VOLCANO_SCHEDULER
+    return None
+
+
+def _in_pod_group(
+    metadata: dict[str, Any], job: JobRef, spec: LLMTrainingJobSpec
+) -> dict[str, Any]:
+    gang = spec.scheduling.gang
+    if gang == "Coscheduling":
+        return {**metadata, "labels": {**metadata["labels"], COSCHEDULING_LABEL: job.name}}
+    if gang == "Volcano":
+        annotations = {**metadata.get("annotations", {}), VOLCANO_ANNOTATION: job.name}
+        return {**metadata, "annotations": annotations}
+    return metadata
+
+
+def render_pod_group(job: JobRef, spec: LLMTrainingJobSpec) -> dict[str, Any] | None:
+    """The gang's PodGroup: the scheduler binds none of its pods until minMember (all workers)
+    fit at once, so two partial gangs never hold GPUs waiting for each other."""
+    gang = spec.scheduling.gang
+    if gang is None:
+        return None
+    group_spec: dict[str, Any] = {"minMember": spec.workers}
+    if gang == "Coscheduling":
+        api_version = COSCHEDULING_API_VERSION
+    else:
+        api_version = VOLCANO_API_VERSION
+        if spec.scheduling.priority_class_name:
+            group_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    return {
+        "apiVersion": api_version,
+        "kind": "PodGroup",
+        "metadata": _metadata(job, job.name),
+        "spec": group_spec,
+    }

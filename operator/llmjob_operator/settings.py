@@ -30,7 +30,7 @@ class OperatorSettings:
     progress_deadline_seconds: float = 5.0
     progress_max_bytes: int = 1 << 20
     passthrough: PassthroughPolicy = field(default_factory=PassthroughPolicy)
-    """hostPath and Secret-backed volumes/env in job specs: rejected unless allowed."""
+    """hostPath and Secret-backed volumes/env, IPC_LOCK in job specs: rejected unless allowed."""
     webhook_cert_dir: str | None = None
     """Directory with tls.crt and tls.key: serves the validating webhook; None serves none."""
     webhook_address: str = "0.0.0.0"
@@ -133,6 +133,7 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         passthrough=PassthroughPolicy(
             allow_host_path=args.allow_host_path_volumes,
             allow_secrets=args.allow_secret_passthrough,
+            allow_ipc_lock=args.allow_ipc_lock,
         ),
         webhook_cert_dir=args.webhook_cert_dir,
         webhook_address=args.webhook_address,
@@ -152,6 +153,13 @@ def _admission_arguments(parser: argparse.ArgumentParser, env: os._Environ[str])
         action="store_true",
         default=env.get("LLMJOB_ALLOW_SECRET_PASSTHROUGH") == "true",
         help="accept Secret-backed volumes and env (secretKeyRef) in job specs (default: rejected)",
+    )
+    parser.add_argument(
+        "--allow-ipc-lock",
+        action="store_true",
+        default=env.get("LLMJOB_ALLOW_IPC_LOCK") == "true",
+        help="accept pod.addCapabilities: [IPC_LOCK] (RDMA) in job specs; it is outside the Pod "
+        "Security Standards' baseline (default: rejected)",
     )
     parser.add_argument(
         "--webhook-cert-dir",

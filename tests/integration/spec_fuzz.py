@@ -2,9 +2,10 @@
 
 Pure and seeded: the same seed gives the same specs. A mutation is generic (any field set to a
 value of the wrong kind or range, deleted, or joined by an unknown key) or aimed at what a
-structural schema cannot see (cross-field rules, passthrough items, DeepSpeed keys). A mutant
-counts only if `validate_job` rejects it. `null` is not among the values: the API server drops a
-null it has no schema for and applies the default, so the stored spec is not the one sent.
+structural schema cannot see (cross-field rules, passthrough items, DeepSpeed keys, pod knobs).
+A mutant counts only if `validate_job` rejects it. `null` is not among the values: the API
+server drops a null it has no schema for and applies the default, so the stored spec is not the
+one sent.
 """
 
 import copy
@@ -21,7 +22,12 @@ BASE_SPEC: dict[str, Any] = {
     "workers": 2,
     "gpusPerWorker": 0,
     "procsPerWorker": 1,
-    "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+    "resources": {
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"memory": "2Gi"},
+        "gpuResourceName": "amd.com/gpu",
+        "extended": {"rdma/ib": 1},
+    },
     "model": {"preset": "tiny"},
     "data": {"path": "/data/train.bin", "validationPath": "/data/val.bin"},
     "training": {
@@ -44,7 +50,17 @@ BASE_SPEC: dict[str, Any] = {
         "rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [42]}}],
     },
     "runPolicy": {"activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 600},
-    "scheduling": {"nodeSelector": {"pool": "cpu"}, "priorityClassName": "batch"},
+    "scheduling": {
+        "nodeSelector": {"pool": "cpu"},
+        "priorityClassName": "batch",
+        "topology": {"key": "topology.kubernetes.io/zone"},
+    },
+    "pod": {
+        "labels": {"team": "nlp"},
+        "annotations": {"k8s.v1.cni.cncf.io/networks": "rdma-net"},
+        "serviceAccountName": "trainer",
+        "imagePullSecrets": [{"name": "registry"}],
+    },
     "volumes": [{"name": "scratch", "emptyDir": {}}],
     "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
     "env": [{"name": "FOO", "value": "1"}],
@@ -86,6 +102,16 @@ ENV: list[dict[str, Any]] = [
     {"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
     {"value": "x"},
     {"name": ""},
+]
+# What a worker pod may not get (spec.pod): capabilities, the operator's keys, bad names.
+POD: list[dict[str, Any]] = [
+    {"addCapabilities": ["SYS_ADMIN"]},
+    {"addCapabilities": ["IPC_LOCK"]},
+    {"labels": {"training.llmjob.dev/attempt": "9"}},
+    {"labels": {"app.kubernetes.io/managed-by": "me"}},
+    {"annotations": {"scheduling.k8s.io/group-name": "g"}},
+    {"serviceAccountName": "Bad_Name"},
+    {"imagePullSecrets": [{"name": "r"}, {"name": "r"}]},
 ]
 # Numeric fields whose relations pydantic checks (order, products, ranges across fields).
 COUPLED = [
@@ -151,11 +177,17 @@ def _mutate(spec: dict[str, Any], rng: random.Random) -> None:
         rng.choice(objects)[rng.choice(UNKNOWN_KEYS)] = rng.choice(VALUES[:8])
     elif kind == "passthrough":
         section, pool = rng.choice(
-            [("volumes", VOLUMES), ("volumeMounts", MOUNTS), ("env", ENV), ("deepspeed", DEEPSPEED)]
+            [
+                ("volumes", VOLUMES),
+                ("volumeMounts", MOUNTS),
+                ("env", ENV),
+                ("deepspeed", DEEPSPEED),
+                ("pod", POD),
+            ]
         )
         item = copy.deepcopy(rng.choice(pool))
-        if section == "deepspeed":
-            spec.setdefault("deepspeed", {}).update(item)
+        if section in ("deepspeed", "pod"):
+            spec.setdefault(section, {}).update(item)
         else:
             spec.setdefault(section, []).append(item)
     else:

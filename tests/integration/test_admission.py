@@ -162,6 +162,25 @@ REJECTED_AT_APPLY: list[tuple[str, dict[str, Any], str]] = [
      _with(failurePolicy={"rules": [
          {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [1, 1]}}]}),
      "values"),
+    # The pod knobs (issue 11): this operator runs with the default policy (IPC_LOCK refused).
+    ("SYS_ADMIN capability", _with(pod={"addCapabilities": ["SYS_ADMIN"]}),
+     "spec.pod.addCapabilities: Value error, 'SYS_ADMIN' may not be added"),
+    ("IPC_LOCK not allowed", _with(pod={"addCapabilities": ["IPC_LOCK"]}), "--allow-ipc-lock"),
+    ("override of our label",
+     _with(pod={"labels": {"training.llmjob.dev/job-name": "other"}}), "spec.pod.labels"),
+    ("Kueue label by hand",
+     _with(pod={"labels": {"kueue.x-k8s.io/queue-name": "q"}}), "spec.pod.labels"),
+    ("bad label value", _with(pod={"labels": {"team": "a b"}}), "spec.pod.labels"),
+    ("bad accelerator name",
+     _with(resources={"gpuResourceName": "gpu"}), "resources.gpuResourceName"),
+    ("kubernetes.io resource", _with(resources={"extended": {"kubernetes.io/x": 1}}),
+     "resources.extended"),
+    ("extended request without a limit",
+     _with(resources={"requests": {"rdma/ib": 1}}), "resources.requests"),
+    ("bad topology key", _with(scheduling={"topology": {"key": "a/b/c"}}),
+     "spec.scheduling.topology.key"),
+    ("bad service account", _with(pod={"serviceAccountName": "Trainer"}),
+     "spec.pod.serviceAccountName"),
 ]  # fmt: skip
 
 
@@ -205,6 +224,8 @@ def test_checkpoint_storage_is_immutable_and_the_rest_is_not(
             "spec.checkpoint.storageClassName",
         ),
         ({"checkpoint": {"claimName": "other", "intervalSteps": 20}}, "spec.checkpoint"),
+        # The job's PodGroup belongs to one gang scheduler.
+        ({"scheduling": {**spec["scheduling"], "gang": "Volcano"}}, "spec.scheduling.gang"),
         # An update is checked by the webhook as a create is.
         ({"volumes": [{"name": "scratch", "hostPath": {"path": "/"}}]}, "volumes[0].hostPath"),
         # Everything else stays mutable (the operator starts a new attempt when it must).
@@ -231,12 +252,23 @@ def test_a_spec_that_gets_past_admission_still_fails_with_invalid_spec(
 ) -> None:
     admission.disable()
     jobs = Jobs(api_client, admission.namespace)
-    hostile = standin_job("hostile", venv_bin, volumes=[{"name": "h", "hostPath": {"path": "/"}}])
-    jobs.create(hostile)
-    failure = condition(jobs.wait_phase("hostile", "Failed", timeout=60), "Failed")
-    assert failure is not None and failure["reason"] == "InvalidSpec"
-    assert "volumes[0].hostPath" in failure["message"]
-    assert jobs.pods("hostile") == []
+    hostile = {
+        "hostile": (
+            standin_job("hostile", venv_bin, volumes=[{"name": "h", "hostPath": {"path": "/"}}]),
+            "volumes[0].hostPath",
+        ),
+        "rdma": (
+            standin_job("rdma", venv_bin, pod={"addCapabilities": ["IPC_LOCK"]}),
+            "spec.pod.addCapabilities",
+        ),
+    }
+    for body, _ in hostile.values():
+        jobs.create(body)
+    for name, (_, field) in hostile.items():
+        failure = condition(jobs.wait_phase(name, "Failed", timeout=60), "Failed")
+        assert failure is not None and failure["reason"] == "InvalidSpec"
+        assert field in failure["message"]
+        assert jobs.pods(name) == []
 
 
 def _rejected_fraction(

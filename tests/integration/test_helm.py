@@ -37,6 +37,8 @@ OPERATOR_RULES = {
     "services": {"get", "list", "watch", "create", "patch"},
     "configmaps": {"get", "list", "watch", "create", "patch"},
     "persistentvolumeclaims": {"get", "list", "watch", "create", "patch"},
+    "podgroups.scheduling.x-k8s.io": {"get", "create", "patch"},
+    "podgroups.scheduling.volcano.sh": {"get", "create", "patch"},
     "events": {"create"},
 }
 CLUSTER_RULES = {

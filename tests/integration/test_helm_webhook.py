@@ -87,7 +87,11 @@ def test_default_webhook_is_a_service_with_a_generated_ca_and_fails_open(
     assert {"name": "webhook-tls", "mountPath": CERT_DIR, "readOnly": True} in container[
         "volumeMounts"
     ]
-    assert not {"--allow-host-path-volumes", "--allow-secret-passthrough"} & set(container["args"])
+    assert not {
+        "--allow-host-path-volumes",
+        "--allow-secret-passthrough",
+        "--allow-ipc-lock",
+    } & set(container["args"])
 
 
 def test_a_url_replaces_the_service_and_the_certificate_names_its_host(
@@ -145,14 +149,20 @@ def test_disabled_webhook_and_policy_flags(helm: Helm) -> None:
     docs = helm.template(
         {
             "webhook": {"enabled": False},
-            "specPolicy": {"allowHostPathVolumes": True, "allowSecretPassthrough": True},
+            "specPolicy": {
+                "allowHostPathVolumes": True,
+                "allowSecretPassthrough": True,
+                "allowIpcLock": True,
+            },
         }
     )
     assert of_kind(docs, "ValidatingWebhookConfiguration") == []
     assert of_kind(docs, "Secret") == []
     args = operator_container(docs)["args"]
     assert not [a for a in args if a.startswith("--webhook")]
-    assert {"--allow-host-path-volumes", "--allow-secret-passthrough"} <= set(args)
+    assert {"--allow-host-path-volumes", "--allow-secret-passthrough", "--allow-ipc-lock"} <= set(
+        args
+    )
 
 
 def apply(kubectl: list[str], namespace: str, body: dict[str, Any], *flags: str) -> Any:

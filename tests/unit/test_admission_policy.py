@@ -195,8 +195,10 @@ def test_checkpoint_storage_is_immutable_and_nothing_else_is() -> None:
     for rule in transition:
         assert f"checkpoint{rule['fieldPath']} is immutable" in rule["message"]
     crd_text = render_yaml()
-    # Two mentions per rule, and no transition rule anywhere else: the rest stays mutable.
-    assert crd_text.count("oldSelf") == 2 * len(transition)
+    # Two mentions per rule, and no transition rule anywhere else but scheduling.gang's (the
+    # job's PodGroup belongs to that scheduler): the rest stays mutable.
+    assert crd_text.count("oldSelf") == 2 * (len(transition) + 1)
+    assert "scheduling.gang is immutable" in crd_text
 
 
 def test_a_malformed_mount_name_is_a_validation_error_not_a_crash() -> None:

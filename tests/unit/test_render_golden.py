@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmjob_operator.api import LLMTrainingJob
+from llmjob_operator.api import PassthroughPolicy, validate_job
 from llmjob_operator.render import JobRef, RenderSettings, render
 from tests.unit.specs import example_jobs
 
 GOLDEN = Path(__file__).parent / "golden"
 SETTINGS = RenderSettings(default_image="llmjob/trainer:golden")
+# What the examples' headers ask of the operator (gpu-rdma: specPolicy.allowIpcLock).
+EXAMPLE_POLICY = PassthroughPolicy(allow_ipc_lock=True)
 
 
 class _ReviewableDumper(yaml.SafeDumper):
@@ -31,7 +33,7 @@ _ReviewableDumper.add_representer(str, _represent_str)
 
 
 def rendered_yaml(document: dict[str, object]) -> str:
-    job = LLMTrainingJob.model_validate(document)
+    job = validate_job(document, EXAMPLE_POLICY)
     ref = JobRef(name=job.metadata["name"], namespace="ml-team", uid="0000-golden-uid")
     desired = render(ref, job.spec, SETTINGS, attempt=1)
     return yaml.dump_all(desired.all, Dumper=_ReviewableDumper, sort_keys=False, width=100)
@@ -56,6 +58,6 @@ def test_example_renders_to_golden(name: str) -> None:
 
 
 def test_examples_cover_cpu_and_gpu() -> None:
-    jobs = {name: LLMTrainingJob.model_validate(doc) for name, doc in example_jobs().items()}
+    jobs = {name: validate_job(doc, EXAMPLE_POLICY) for name, doc in example_jobs().items()}
     assert any(j.spec.gpus_per_worker == 0 and j.spec.workers == 2 for j in jobs.values())
     assert any(j.spec.gpus_per_worker == 8 and j.spec.workers == 4 for j in jobs.values())

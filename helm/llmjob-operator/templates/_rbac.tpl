@@ -26,6 +26,10 @@ kopf needs for on.event handlers. No Secrets, no wildcards, no update of specs.
 - apiGroups: [""]
   resources: ["services", "configmaps", "persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# The gang schedulers' PodGroups (scheduling.gang), the same way; not watched.
+- apiGroups: ["scheduling.x-k8s.io", "scheduling.volcano.sh"]
+  resources: ["podgroups"]
+  verbs: ["get", "create", "patch"]
 # The operator's and kopf's events about jobs.
 - apiGroups: [""]
   resources: ["events"]
