@@ -123,8 +123,14 @@ def spec_hash(body: dict[str, Any]) -> str:
     content = {k: v for k, v in body.items() if k not in ("metadata", "status")}
     content["labels"] = body["metadata"].get("labels")
     # Only when there are any (spec.pod.annotations): objects without them hash as they did.
-    if body["metadata"].get("annotations"):
-        content["annotations"] = body["metadata"]["annotations"]
+    # The hash's own annotation is left out, so hashing a pod made from the body agrees.
+    annotations = {
+        k: v
+        for k, v in (body["metadata"].get("annotations") or {}).items()
+        if k != SPEC_HASH_ANNOTATION
+    }
+    if annotations:
+        content["annotations"] = annotations
     return content_hash(content)
 
 
