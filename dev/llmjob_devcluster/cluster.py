@@ -415,8 +415,19 @@ def wait_caught_up(layout: Layout, timeout: float = 180) -> None:
         scheduler = _poll("kube-scheduler", judged, deadline)
         log(f"controllers caught up in {controllers:.1f}s, the scheduler in {scheduler:.1f}s")
     finally:
+        # Gone before returning: the probe's own writes (the CA ConfigMap the controllers
+        # publish into it, the namespace's teardown) must not land in a later test's count.
         with contextlib.suppress(urllib.error.URLError, OSError):
             _api(layout, "DELETE", f"/api/v1/namespaces/{namespace}")
+        _poll("the probe namespace's deletion", lambda: _gone(layout, namespace), deadline)
+
+
+def _gone(layout: Layout, namespace: str) -> bool:
+    try:
+        _api(layout, "GET", f"/api/v1/namespaces/{namespace}")
+    except urllib.error.HTTPError as error:
+        return error.code == 404
+    return False
 
 
 def expire_watches(layout: Layout) -> int:

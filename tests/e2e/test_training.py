@@ -170,9 +170,11 @@ def kill_operator(operator: Operator) -> None:
     raise AssertionError("the operator did not come back after being killed")
 
 
-def test_suspend_checkpoints_on_sigterm_and_resume_continues_from_there(
+def test_suspend_checkpoints_on_sigterm_and_resume_continues_from_there_on_fewer_workers(
     trainer_jobs: Jobs,
 ) -> None:
+    """Suspended, its `workers` edited from 2 to 1, resumed: the one-worker gang resumes the
+    two-worker SIGTERM commit through DeepSpeed's universal format (an elastic resume)."""
     trainer_jobs.create(trainer_job("paused"))
     wait_for_step(trainer_jobs, "paused", CHECKPOINT_INTERVAL + 3)
     trainer_jobs.patch_spec("paused", {"runPolicy": {"suspend": True}})
@@ -184,11 +186,14 @@ def test_suspend_checkpoints_on_sigterm_and_resume_continues_from_there(
     steps = committed_steps(checkpoint_dir(trainer_jobs, "paused"))
     sigterm_step = steps[-1]
     assert sigterm_step % CHECKPOINT_INTERVAL != 0, f"no SIGTERM checkpoint: {steps}"
-    trainer_jobs.patch_spec("paused", {"runPolicy": {"suspend": False}})
+    trainer_jobs.patch_spec("paused", {"workers": 1, "runPolicy": {"suspend": False}})
     trainer_jobs.wait("paused", lambda s: s.get("attempt") == 2, timeout=120)
+    assert len(trainer_jobs.pods("paused")) == 1
     done = trainer_jobs.wait_phase("paused", "Succeeded", timeout=600)
     assert (done["restarts"], done["disruptions"]) == (0, 0)
+    assert done["progress"]["step"] == MAX_STEPS
     assert resumed_step(trainer_jobs, "paused") == sigterm_step
+    assert "to universal format" in worker_logs(trainer_jobs, "paused", 0)
 
 
 def test_a_frozen_rank_is_detected_as_stalled_and_the_job_recovers(trainer_jobs: Jobs) -> None:
