@@ -54,17 +54,27 @@ def core(api_client: client.ApiClient) -> client.CoreV1Api:
     return client.CoreV1Api(api_client)
 
 
-@pytest.fixture
-def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterator[str]:
-    """A fresh namespace, ready for pods (its default ServiceAccount exists)."""
+def create_test_namespace(
+    request: pytest.FixtureRequest, core: client.CoreV1Api, labels: dict[str, str] | None = None
+) -> str:
+    """A fresh namespace named after the test, ready for pods (its default ServiceAccount
+    exists); labelled from the start, so every controller sees the labels it is made with."""
     test_name = request.node.name[:40].lower().replace("_", "-").strip("-")
     name = f"t-{test_name}-{uuid.uuid4().hex[:5]}"
-    core.create_namespace(kube.model(client.V1Namespace, {"metadata": {"name": name}}))
+    metadata = {"name": name, "labels": labels or {}}
+    core.create_namespace(kube.model(client.V1Namespace, {"metadata": metadata}))
     wait_for(
         lambda: _exists(lambda: core.read_namespaced_service_account("default", name)),
         timeout=30,
         what=f"default ServiceAccount in {name}",
     )
+    return name
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace, ready for pods (its default ServiceAccount exists)."""
+    name = create_test_namespace(request, core)
     yield name
     core.delete_namespace(name)
 
