@@ -55,6 +55,8 @@ class WorkerState:
     waiting_reason: str | None = None
     waiting_message: str | None = None
     image: str | None = None
+    scheduling_gates: tuple[str, ...] = ()
+    """Gates that keep the scheduler from placing the pod (Kueue's admission gate)."""
 
     @property
     def failed(self) -> bool:
@@ -140,6 +142,9 @@ def worker_state(pod: dict[str, Any]) -> WorkerState | None:
         waiting_reason=waiting_reason,
         waiting_message=waiting_message,
         image=image,
+        scheduling_gates=tuple(
+            gate["name"] for gate in (pod.get("spec") or {}).get("schedulingGates") or []
+        ),
     )
 
 

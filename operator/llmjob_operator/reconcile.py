@@ -40,6 +40,7 @@ STUCK_TERMINATION_MARGIN = timedelta(seconds=30)
 # Pod waiting reasons that mean the container cannot start until someone fixes the spec or image.
 IMAGE_WAITING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
 PROGRESS_UNKNOWN_CONDITION = "ProgressUnknown"
+QUEUED_CONDITION = "Queued"
 # How soon to look again while waiting for pods to go away (their events also wake us).
 TEARDOWN_POLL_SECONDS = 2.0
 
@@ -528,10 +529,13 @@ class _Planner:
         policy = self.spec.failure_policy
         if policy.scheduling_timeout_seconds == 0:
             return
+        admitted = self.admission_time()
         for worker in self.current_workers():
             if worker.unschedulable_message is None:
                 continue
-            waited = self.seconds_since(worker.created)
+            # Time queued is not time unschedulable: the clock starts at admission.
+            clock_start = max((t for t in (worker.created, admitted) if t), default=None)
+            waited = self.seconds_since(clock_start)
             if waited < policy.scheduling_timeout_seconds:
                 self.wake_in(policy.scheduling_timeout_seconds - waited)
                 continue
@@ -549,6 +553,37 @@ class _Planner:
                 self.events.append(Event("Warning", "Unschedulable", message))
             self.condition("Running", False, "Unschedulable", message)
             return
+
+    def admission_time(self) -> datetime | None:
+        """When this attempt's gang left the queue (its gates were lifted), if it queued."""
+        queued = next((c for c in self.status.conditions if c.type == QUEUED_CONDITION), None)
+        if queued is None or queued.status != "False" or self.status.attempt_start_time is None:
+            return None
+        at = queued.last_transition_time
+        return at if at >= self.status.attempt_start_time else None
+
+    def track_queueing(self) -> bool:
+        """Queued while this attempt's workers wait behind a scheduling gate (Kueue's admission
+        gate: the group is not admitted under its ClusterQueue's quota yet). A queued gang holds
+        no node and no quota, and none of the start-up clocks runs. Returns whether queued."""
+        current = self.current_workers()
+        gated = [w for w in current if w.scheduling_gates]
+        if gated and not any(w.started for w in current):
+            gates = ", ".join(sorted({gate for w in gated for gate in w.scheduling_gates}))
+            queue = f" in queue {self.job.ref.queue_name}" if self.job.ref.queue_name else ""
+            message = (
+                f"{len(gated)}/{self.spec.workers} workers of attempt {self.status.attempt} "
+                f"wait for admission{queue} (scheduling gate {gates})"
+            )
+            self.transition("Queued", "Queued", message)
+            self.condition(QUEUED_CONDITION, True, "SchedulingGated", message)
+            return True
+        if self.condition_is(QUEUED_CONDITION):
+            message = f"attempt {self.status.attempt} admitted: no scheduling gate left"
+            self.condition(QUEUED_CONDITION, False, "Admitted", message)
+            if self.status.phase == "Queued":
+                self.transition("Pending", "Admitted", message)
+        return False
 
     def spec_changed(self) -> bool:
         """A pod of the current attempt was made from another spec than the job's now."""
@@ -625,6 +660,7 @@ class _Planner:
             self.restart_for_spec_change()
             return
         self.ensure_supporting_objects(only_missing=True)
+        queued = self.track_queueing()
         self.track_progress_readability()
         gang_started = len(current) == self.spec.workers and all(w.started for w in current)
         if self.status.running_time is None and gang_started:
@@ -643,6 +679,8 @@ class _Planner:
             return
         if not any(w.started for w in current):
             self.create_missing_pods()
+        if queued:
+            return
         self.waiting_on_image()
         self.scheduling_timeout()
 
@@ -731,6 +769,10 @@ class _Planner:
             else:
                 self.record_progress(self.observed.progress)
                 self.running()
+        if self.status.phase != "Queued" and self.condition_is(QUEUED_CONDITION):
+            # Suspended, restarted or finished while queued: the queued gang is gone.
+            phase = self.status.phase or "Pending"
+            self.condition(QUEUED_CONDITION, False, phase, f"the job is {phase}")
         self.count_workers()
         return Plan(
             status=self.status,

@@ -112,4 +112,5 @@ def queues(api_client: client.ApiClient, kueue_namespace: str) -> Iterator[Queue
     """The test's own ClusterQueue, ResourceFlavor and LocalQueue (see Queues.create)."""
     made = Queues(api_client, kueue_namespace)
     yield made
+    print(f"\nKueue's view of {kueue_namespace}:\n{made.describe()}")
     made.delete()

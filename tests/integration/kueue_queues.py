@@ -85,6 +85,18 @@ class Queues:
         conditions = ((workload or {}).get("status") or {}).get("conditions") or []
         return next((c for c in conditions if c["type"] == type_), None)
 
+    def describe(self) -> str:
+        """The namespace's Workloads and their conditions, for a failed test's output."""
+        listed = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "workloads"
+        )
+        lines = []
+        for workload in cast(Obj, listed)["items"]:
+            lines.append(f"workload {workload['metadata']['name']}:")
+            for c in (workload.get("status") or {}).get("conditions") or []:
+                lines.append(f"  {c['type']}={c['status']} {c.get('reason')}: {c.get('message')}")
+        return "\n".join(lines)
+
     def delete(self) -> None:
         """Kueue's finalizers keep them until nothing is admitted under them any more."""
         for plural, name in (
