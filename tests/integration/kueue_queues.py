@@ -98,7 +98,12 @@ class Queues:
         return "\n".join(lines)
 
     def delete(self) -> None:
-        """Kueue's finalizers keep them until nothing is admitted under them any more."""
+        """Deletes the namespace's Workloads (Kueue then stops their pods and lets them go: a
+        pod group it still waits to see replaced would otherwise hold the namespace's deletion)
+        and the cluster-scoped objects, which Kueue keeps until nothing is admitted under them."""
+        self.custom.delete_collection_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "workloads"
+        )
         for plural, name in (
             ("clusterqueues", self.cluster_queue),
             ("resourceflavors", self.flavor),

@@ -93,3 +93,36 @@ def test_a_job_over_the_quota_is_queued_unbound_and_runs_when_the_first_finishes
     first_finished = max(terminated(pod)["finishedAt"] for pod in pods(api_client, jobs, "first"))
     second_started = min(terminated(pod)["startedAt"] for pod in pods(api_client, jobs, "second"))
     assert second_started >= first_finished
+
+
+def test_a_restarted_gang_queues_again_as_its_attempts_own_pod_group(
+    api_client: client.ApiClient,
+    kueue_namespace: str,
+    queues: Queues,
+    llmjob_operator: OperatorProcess,
+    venv_bin: str,
+) -> None:
+    queue = queues.create(quota={"nvidia.com/gpu": "2"})
+    jobs = Jobs(api_client, kueue_namespace)
+    body = queued_job("flaky", venv_bin, queue, steps=3)
+    body["spec"]["env"] += [{"name": "STANDIN_FAIL", "value": "1:1:1:1"}]  # worker 1, attempt 1
+    jobs.create(body)
+    done = jobs.wait_phase("flaky", "Succeeded", timeout=120)
+    assert done["attempt"] == 2 and done["restarts"] == 1
+    flaky = JobRef("flaky", kueue_namespace, jobs.get("flaky")["metadata"]["uid"])
+    # Attempt 2 queued as a group of its own, was admitted, and its Workload finished.
+    admitted = condition(done, "Queued")
+    assert admitted is not None and admitted["reason"] == "Admitted"
+    assert admitted["message"].startswith("attempt 2 admitted")
+    second = queues.workload_condition(pod_group_name(flaky, 2), "Finished")
+    assert second is not None and second["status"] == "True"
+    groups = {
+        p["metadata"]["labels"][KUEUE_POD_GROUP_LABEL] for p in pods(api_client, jobs, "flaky")
+    }
+    assert groups == {pod_group_name(flaky, 2)}
+    # Attempt 1's Workload finished when its pods ended (not retried in their group), which let
+    # them go so that attempt 2's could be made; it went with them (they own it).
+    first = queues.workload(pod_group_name(flaky, 1))
+    assert first is None or any(
+        c["type"] == "Finished" and c["status"] == "True" for c in first["status"]["conditions"]
+    )
