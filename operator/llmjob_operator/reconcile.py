@@ -23,7 +23,6 @@ from llmjob_operator.api import (
 )
 from llmjob_operator.observe import Observed, TrainerProgress, WorkerState
 from llmjob_operator.policy import (
-    DISRUPTION_CONDITION,
     Verdict,
     backoff_seconds,
     classify,
@@ -364,7 +363,7 @@ class _Planner:
             if worker.deleting and not worker.succeeded:
                 # Deleted under a running gang: a disruption (eviction, preemption, node loss)
                 # says so with a pod condition; a plain delete is not the training's fault.
-                if DISRUPTION_CONDITION in worker.true_conditions:
+                if worker.disrupted:
                     return classify(worker, self.spec.failure_policy), worker
                 return vanished_verdict(worker.index), worker
         present = {w.index for w in current}

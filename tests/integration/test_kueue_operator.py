@@ -1,16 +1,19 @@
 """The operator's gangs under the real Kueue: a job labelled with a queue runs as a Kueue pod
 group; a job over the ClusterQueue's quota is Queued with no pod bound and runs once the quota
-is free again."""
+is free again; a restarted gang queues again as a group of its own; a job Kueue preempts for a
+higher-priority one is disrupted (not charged a restart) and queues again."""
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from llmjob_devcluster import kube
+from llmjob_devcluster.layout import Layout
 from llmjob_operator.render import (
     KUEUE_ADMISSION_GATE,
     KUEUE_POD_GROUP_LABEL,
@@ -19,6 +22,7 @@ from llmjob_operator.render import (
     JobRef,
     pod_group_name,
 )
+from tests.conftest import container_logs
 from tests.integration.jobs import Jobs, condition, standin_job
 from tests.integration.kueue_queues import Queues
 from tests.integration.operator_process import OperatorProcess
@@ -126,3 +130,58 @@ def test_a_restarted_gang_queues_again_as_its_attempts_own_pod_group(
     assert first is None or any(
         c["type"] == "Finished" and c["status"] == "True" for c in first["status"]["conditions"]
     )
+
+
+@pytest.fixture
+def priority_classes(
+    api_client: client.ApiClient, kueue_namespace: str
+) -> Iterator[dict[str, str]]:
+    """A low and a high PriorityClass of the test's own (Kueue takes a pod group's priority
+    from its pods' class)."""
+    scheduling = client.SchedulingV1Api(api_client)
+    names = {level: f"{kueue_namespace[:50]}-{level}" for level in ("low", "high")}
+    for level, value in (("low", 100), ("high", 1000)):
+        body = {"metadata": {"name": names[level]}, "value": value}
+        scheduling.create_priority_class(kube.model(client.V1PriorityClass, body))
+    yield names
+    for name in names.values():
+        scheduling.delete_priority_class(name)
+
+
+def test_a_higher_priority_job_preempts_a_running_one_which_queues_again_uncounted(
+    api_client: client.ApiClient,
+    kueue_namespace: str,
+    queues: Queues,
+    priority_classes: dict[str, str],
+    llmjob_operator: OperatorProcess,
+    venv_bin: str,
+    devcluster: Layout,
+) -> None:
+    queue = queues.create(
+        quota={"nvidia.com/gpu": "2"}, preemption={"withinClusterQueue": "LowerPriority"}
+    )
+    jobs = Jobs(api_client, kueue_namespace)
+    low = queued_job("low", venv_bin, queue, steps=60)
+    low["spec"]["scheduling"] = {"priorityClassName": priority_classes["low"]}
+    jobs.create(low)
+    jobs.wait("low", lambda s: (s.get("progress") or {}).get("step", 0) >= 2, timeout=90)
+    high = queued_job("high", venv_bin, queue, steps=3)
+    high["spec"]["scheduling"] = {"priorityClassName": priority_classes["high"]}
+    jobs.create(high)
+
+    # Kueue evicts the low group: its workers get SIGTERM (and checkpoint), the operator counts
+    # a disruption, not a restart, and recreates the gang, gated, as attempt 2.
+    requeued = jobs.wait(
+        "low", lambda s: s.get("attempt") == 2 and s.get("phase") == "Queued", timeout=90
+    )
+    assert (requeued["restarts"], requeued["disruptions"]) == (0, 1)
+    failure = requeued["lastFailure"]
+    assert (failure["reason"], failure["counted"], failure["attempt"]) == ("Preempted", False, 1)
+    log = container_logs(devcluster, kueue_namespace, "low-worker-0", "trainer")
+    assert "SIGTERM at step" in log, log[-2000:]
+
+    jobs.wait_phase("high", "Succeeded", timeout=90)
+    resumed = jobs.wait_phase("low", "Running", timeout=90)
+    assert resumed["attempt"] == 2 and resumed["restarts"] == 0
+    admitted = condition(resumed, "Queued")
+    assert admitted is not None and admitted["message"].startswith("attempt 2 admitted")

@@ -3,9 +3,10 @@ condition, no start-up clock running, and one status write per change."""
 
 from typing import Any
 
+from llmjob_operator.observe import worker_state
 from llmjob_operator.reconcile import QUEUED_CONDITION, DeletePod, Plan, status_write_due
 from llmjob_operator.render import KUEUE_ADMISSION_GATE
-from tests.unit.test_reconcile import NOW, ago, run, spec, worker
+from tests.unit.test_reconcile import NOW, ago, run, running_status, spec, worker
 
 GATED: dict[str, Any] = {"scheduling_gates": (KUEUE_ADMISSION_GATE,), "started": False}
 
@@ -95,3 +96,36 @@ def test_suspending_a_queued_job_ends_its_queued_condition() -> None:
         "j-worker-0",
         "j-worker-1",
     }
+
+
+def test_a_gang_kueue_preempts_restarts_uncounted_as_preempted_keeping_its_grace() -> None:
+    pod = {
+        "metadata": {
+            "name": "j-worker-1",
+            "uid": "p1",
+            "labels": {"training.llmjob.dev/worker-index": "1", "training.llmjob.dev/attempt": "1"},
+            "deletionTimestamp": "2026-06-01T12:01:00Z",
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {
+                    "type": "TerminationTarget",
+                    "status": "True",
+                    "reason": "WorkloadEvictedDueToPreempted",
+                    "message": "Preempted to accommodate a workload (UID: x) due to prioritization",
+                }
+            ],
+            "containerStatuses": [{"name": "trainer", "state": {"running": {}}}],
+        },
+    }
+    evicted = worker_state(pod)
+    assert evicted is not None and evicted.disrupted and evicted.deleting
+    result = run(status=running_status(), workers=[worker(0), evicted])
+    assert result.status.phase == "Restarting"
+    assert result.status.last_failure is not None
+    assert result.status.last_failure.reason == "Preempted"
+    assert (result.status.restarts, result.status.disruptions) == (0, 1)
+    # Every rank is healthy: the survivor keeps its own grace to commit a checkpoint.
+    (survivor,) = [a for a in result.actions if isinstance(a, DeletePod)]
+    assert (survivor.name, survivor.grace_seconds) == ("j-worker-0", None)
