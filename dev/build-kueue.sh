@@ -4,10 +4,13 @@
 # go.sum (and this script), and copies Kueue's own manifests (config/: CRDs, RBAC, webhook
 # configurations, the default Configuration) from the same module source beside it.
 #
-# dev/kueue pins every module it shares with dev/controlplane at the control plane's version
-# (Kubernetes v0.37, controller-runtime), so the packages the control-plane build compiled are
-# taken from Go's build cache instead of being compiled again (see dev/kueue/go.mod).
+# dev/kueue is a module of its own, at Kueue's own pins (Kubernetes v0.36), not part of
+# dev/controlplane (v0.37): Kueue v0.19.2 does not compile against v0.37 (kubeflow/trainer's
+# generated OpenAPI and scheduler-library's use of kube-scheduler internals break), so the two
+# builds share few compiled packages either way (about 90 of Kueue's 1514).
 # Prints the output directory (bin/kueue, config/) on stdout; progress goes to stderr.
+# Concurrent runs (a test session's niced head start and its Kueue fixture, or two checkouts)
+# build once: the later ones wait on a lock and find the result.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -16,7 +19,15 @@ cache="${LLMJOB_CACHE:-/var/cache/llmjob}"
 key="$(cat "$module/go.mod" "$module/go.sum" "$here/build-kueue.sh" | sha256sum | cut -c1-16)"
 out="$cache/kueue-$key"
 
-if [[ -x "$out/bin/kueue" && -d "$out/config" ]]; then
+built() { [[ -x "$out/bin/kueue" && -d "$out/config" ]]; }
+if built; then
+    echo "$out"
+    exit 0
+fi
+mkdir -p "$cache"
+exec 9>"$cache/kueue-$key.lock"
+flock 9
+if built; then
     echo "$out"
     exit 0
 fi
@@ -35,7 +46,6 @@ commit="$(sed -n 's/^\t\t"Hash": "\(.*\)",$/\1/p' <<<"$download")"
 ldflags="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$version"
 ldflags+=" -X sigs.k8s.io/kueue/pkg/version.GitCommit=${commit:-unknown}"
 mkdir -p "$out/bin"
-# Concurrent builds (two checkouts) each write their own partial files; the renames are atomic.
 partial="$(mktemp -d "$out/partial.XXXXXX")"
 trap 'rm -rf "$partial"' EXIT
 echo "kueue: building sigs.k8s.io/kueue/cmd/kueue $version into $out" >&2

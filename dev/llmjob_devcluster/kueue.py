@@ -70,15 +70,31 @@ PRIVATE_ETC_SCRIPT = (
 )
 
 
+BUILD_SCRIPT = REPO_ROOT / "dev" / "build-kueue.sh"
+
+
 def build() -> Path:
-    """Builds (or finds cached) the manager; returns the directory holding bin/ and config/."""
+    """Builds (or finds cached) the manager; returns the directory holding bin/ and config/.
+    Waits for a build already under way (start_build's) instead of building twice."""
     result = subprocess.run(
-        ["bash", str(REPO_ROOT / "dev" / "build-kueue.sh")],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
+        ["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True
     )
     return Path(result.stdout.strip().splitlines()[-1])
+
+
+def start_build(log: Path) -> subprocess.Popen[bytes]:
+    """Starts build() in the background at the lowest CPU priority (nice 19), in its own process
+    group, logging to `log`: it takes only the CPU that others leave idle, and a later build()
+    waits for it. Returns at once (the build script itself returns at once when cached)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as output:
+        return subprocess.Popen(
+            ["nice", "-n", "19", "bash", str(BUILD_SCRIPT)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=output,
+            start_new_session=True,
+        )
 
 
 def state_dir(layout: Layout) -> Path:
