@@ -22,15 +22,18 @@ class Queues:
         self.flavor = namespace
         self.local_queue = "queue"
 
-    def create(self, quota: dict[str, str], preemption: Obj | None = None) -> str:
-        """A ClusterQueue with `quota` (resource -> nominal quota) in one flavor, serving only
-        this namespace, and the LocalQueue that points at it; returns the LocalQueue's name."""
+    def create(
+        self, quota: dict[str, str], preemption: Obj | None = None, flavor: Obj | None = None
+    ) -> str:
+        """A ClusterQueue with `quota` (resource -> nominal quota) in one flavor (whose spec is
+        `flavor`: nodeLabels, nodeTaints, tolerations), serving only this namespace, and the
+        LocalQueue that points at it; returns the LocalQueue's name."""
         self.custom.create_cluster_custom_object(
             GROUP,
             VERSION,
             "resourceflavors",
             {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ResourceFlavor",
-             "metadata": {"name": self.flavor}},
+             "metadata": {"name": self.flavor}, "spec": flavor or {}},
         )  # fmt: skip
         spec: Obj = {
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.namespace}},

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -34,6 +35,22 @@ def queued_job(name: str, venv_bin: str, queue: str, steps: int) -> dict[str, An
     body = standin_job(name, venv_bin, gpusPerWorker=1, standin={"steps": steps})
     body["metadata"]["labels"] = {KUEUE_QUEUE_LABEL: queue}
     return body
+
+
+def arrival_to_admission_and_running(jobs: Jobs, queues: Queues, name: str) -> str:
+    """Seconds from a job's creation to Kueue's admission of its first attempt and to Running
+    (whole seconds: the API's timestamps)."""
+    job = jobs.get(name)
+    created = datetime.fromisoformat(job["metadata"]["creationTimestamp"])
+    ref = JobRef(name, jobs.namespace, job["metadata"]["uid"])
+    admitted = queues.workload_condition(pod_group_name(ref, 1), "Admitted")
+    assert admitted is not None
+    at = datetime.fromisoformat(admitted["lastTransitionTime"])
+    running = datetime.fromisoformat(job["status"]["runningTime"])
+    return (
+        f"admitted {(at - created).total_seconds():.0f} s after arrival, "
+        f"running {(running - created).total_seconds():.0f} s after"
+    )
 
 
 def pods(api_client: client.ApiClient, jobs: Jobs, name: str) -> list[dict[str, Any]]:
@@ -97,6 +114,8 @@ def test_a_job_over_the_quota_is_queued_unbound_and_runs_when_the_first_finishes
     first_finished = max(terminated(pod)["finishedAt"] for pod in pods(api_client, jobs, "first"))
     second_started = min(terminated(pod)["startedAt"] for pod in pods(api_client, jobs, "second"))
     assert second_started >= first_finished
+    for name in ("first", "second"):
+        print(f"figures: {name}: {arrival_to_admission_and_running(jobs, queues, name)}")
 
 
 def test_a_restarted_gang_queues_again_as_its_attempts_own_pod_group(
@@ -180,8 +199,66 @@ def test_a_higher_priority_job_preempts_a_running_one_which_queues_again_uncount
     log = container_logs(devcluster, kueue_namespace, "low-worker-0", "trainer")
     assert "SIGTERM at step" in log, log[-2000:]
 
-    jobs.wait_phase("high", "Succeeded", timeout=90)
+    finished = jobs.wait_phase("high", "Succeeded", timeout=90)
     resumed = jobs.wait_phase("low", "Running", timeout=90)
     assert resumed["attempt"] == 2 and resumed["restarts"] == 0
     admitted = condition(resumed, "Queued")
     assert admitted is not None and admitted["message"].startswith("attempt 2 admitted")
+    arrival = datetime.fromisoformat(jobs.get("high")["metadata"]["creationTimestamp"])
+
+    def since(moment: str) -> str:
+        # Whole seconds: creation and container start times have no finer grain.
+        return f"{(datetime.fromisoformat(moment) - arrival).total_seconds():.0f} s"
+
+    print(
+        "figures: from the high job's arrival: "
+        f"low evicted (seen) {since(failure['time'])}, "
+        f"high running {since(finished['runningTime'])}, "
+        f"high done {since(finished['completionTime'])}, "
+        f"low re-admitted {since(admitted['lastTransitionTime'])}, "
+        f"low running again {since(resumed['runningTime'])}"
+    )
+
+
+def test_admitted_workers_get_the_flavors_node_labels_and_tolerations_and_land_there(
+    api_client: client.ApiClient,
+    core: client.CoreV1Api,
+    kueue_namespace: str,
+    queues: Queues,
+    llmjob_operator: OperatorProcess,
+    venv_bin: str,
+) -> None:
+    # The flavor is node llmjob-node-1: labelled for it and tainted so only the flavor's
+    # tolerating pods may go there.
+    node, key, value = "llmjob-node-1", "test.llmjob.dev/kueue-flavor", kueue_namespace[-5:]
+    taint = {"key": key, "value": value, "effect": "NoSchedule"}
+    original = kube.as_dict(api_client, core.read_node(node))
+    core.patch_node(
+        node,
+        {
+            "metadata": {"labels": {key: value}},
+            "spec": {"taints": [*original["spec"].get("taints", []), taint]},
+        },
+    )
+    try:
+        queue = queues.create(
+            quota={"nvidia.com/gpu": "2"},
+            flavor={
+                "nodeLabels": {key: value},
+                "nodeTaints": [taint],
+                "tolerations": [{**taint, "operator": "Equal"}],
+            },
+        )
+        jobs = Jobs(api_client, kueue_namespace)
+        jobs.create(queued_job("placed", venv_bin, queue, steps=2))
+        jobs.wait_phase("placed", "Succeeded", timeout=90)
+        for pod in pods(api_client, jobs, "placed"):
+            assert pod["spec"]["nodeSelector"][key] == value
+            assert {**taint, "operator": "Equal"} in pod["spec"]["tolerations"]
+            assert pod["spec"]["nodeName"] == node
+    finally:
+        current = kube.as_dict(api_client, core.read_node(node))
+        kept = [t for t in current["spec"].get("taints", []) if t.get("key") != key]
+        core.patch_node(
+            node, {"metadata": {"labels": {key: None}}, "spec": {"taints": kept or None}}
+        )
