@@ -14,10 +14,10 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/dev
 export LLMJOB_CACHE
 
-.PHONY: help venv images lint crds helm-lint test test-unit cluster cluster-down bench bench-gpu bench-operator bench-checkpoint demo test-e2e
+.PHONY: help venv images lint crds helm-lint test test-unit cluster cluster-down kueue bench bench-gpu bench-operator bench-checkpoint demo test-e2e
 
 help:
-	@echo "make demo | test | test-unit | lint | images | crds | helm-lint | venv | cluster | cluster-down | bench | bench-gpu | bench-operator | bench-checkpoint"
+	@echo "make demo | test | test-unit | lint | images | crds | helm-lint | venv | cluster | cluster-down | kueue | bench | bench-gpu | bench-operator | bench-checkpoint"
 
 venv:
 	@LLMJOB_VENV=$(VENV) PYTHON_BASE=$(PYTHON_BASE) bash dev/venv.sh
@@ -55,6 +55,11 @@ cluster: venv
 
 cluster-down: venv
 	$(DEVCLUSTER) down
+
+# Kueue (built once into $(LLMJOB_CACHE)/kueue-<hash>/) on the running local cluster; it manages
+# pods in namespaces labelled devcluster.llmjob.dev/kueue-managed=true. `make cluster-down` stops it.
+kueue: cluster
+	$(PY) -m llmjob_devcluster.kueue up
 
 # Only the end-to-end suite (real trainers through the chart-installed operator).
 test-e2e: lint images

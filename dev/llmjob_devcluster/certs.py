@@ -81,21 +81,33 @@ def ensure_pki(
     if not (pki / "sa.key").exists():
         _openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
         _openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
-    if not (pki / "serving.crt").exists():
-        alt_names = [f"IP:{ip}" for ip in server_ips] + [f"DNS:{name}" for name in server_names]
+    ensure_server_cert(pki, "serving", "llmjob-devcluster", server_ips, server_names)
+    for client in clients:
+        ensure_client_cert(pki, client)
+
+
+def ensure_server_cert(
+    pki: Path, name: str, common_name: str, ips: list[str], dns_names: list[str]
+) -> None:
+    """`name`.crt/.key for TLS serving, signed by the cluster's CA (created if missing)."""
+    if not (pki / f"{name}.crt").exists():
+        alt_names = [f"IP:{ip}" for ip in ips] + [f"DNS:{dns}" for dns in dns_names]
         _sign(
             pki,
-            "serving",
-            "/CN=llmjob-devcluster",
+            name,
+            f"/CN={common_name}",
             "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
             f"extendedKeyUsage=serverAuth\nsubjectAltName={','.join(alt_names)}\n",
         )
-    for client in clients:
-        if not (pki / f"{client.name}.crt").exists():
-            _sign(
-                pki,
-                client.name,
-                _subject(client.common_name, client.organizations),
-                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
-                "extendedKeyUsage=clientAuth\n",
-            )
+
+
+def ensure_client_cert(pki: Path, client: ClientCert) -> None:
+    """A client certificate signed by the cluster's CA (created if missing)."""
+    if not (pki / f"{client.name}.crt").exists():
+        _sign(
+            pki,
+            client.name,
+            _subject(client.common_name, client.organizations),
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=clientAuth\n",
+        )

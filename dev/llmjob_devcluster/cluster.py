@@ -40,6 +40,8 @@ KUBELET_CLIENT = certs.ClientCert(
 )
 # Start order; stopped in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent")
+# Started on request only (kueue.py); stopped first by `down`.
+OPT_IN_COMPONENTS = ("kueue",)
 # Short node-lifecycle timings so that a lost node goes NotReady and its pods are evicted
 # within seconds in tests (upstream defaults: 40s lease, 50s grace, 300s tolerations).
 NODE_MONITOR_GRACE_SECONDS = 8
@@ -295,6 +297,8 @@ def up(layout: Layout) -> None:
 
 
 def down(layout: Layout) -> None:
+    for name in OPT_IN_COMPONENTS:
+        processes.stop(layout.pid_dir, name, grace=10)
     for name in reversed(COMPONENTS):
         # The node agent stops its pods on SIGTERM; give it time to run their grace periods.
         processes.stop(layout.pid_dir, name, grace=40 if name == "node-agent" else 10)

@@ -19,7 +19,8 @@ DEFAULT_STATE_DIR = REPO_ROOT / ".devcluster"
 IMAGE_SOURCE_DIR = "/opt/llmjob/src"
 # Every port of one cluster lies in [port_base, port_base + PORTS_PER_CLUSTER).
 PORTS_PER_CLUSTER = 20
-MAX_NODES = PORTS_PER_CLUSTER - 5
+# Five control-plane ports first, two opt-in component ports (Kueue) last, nodes in between.
+MAX_NODES = PORTS_PER_CLUSTER - 7
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,14 @@ class Layout:
     @property
     def scheduler_port(self) -> int:
         return self.port_base + 4
+
+    @property
+    def kueue_webhook_port(self) -> int:
+        return self.port_base + PORTS_PER_CLUSTER - 1
+
+    @property
+    def kueue_health_port(self) -> int:
+        return self.port_base + PORTS_PER_CLUSTER - 2
 
     def kubelet_port(self, node_index: int) -> int:
         return self.port_base + 5 + node_index

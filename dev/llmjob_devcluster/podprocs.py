@@ -33,13 +33,37 @@ def pids_in_mount_namespace(namespace: str) -> list[int]:
 
 
 def kill_mount_namespace(namespace: str, timeout: float = 5.0) -> None:
-    """SIGKILLs every process in `namespace` until none is left (they may be forking)."""
-    deadline = time.monotonic() + timeout
-    while (pids := pids_in_mount_namespace(namespace)) and time.monotonic() < deadline:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
+    """SIGKILLs every process in `namespace` until none is left (they may be forking).
+
+    The namespace is held open meanwhile: once its last process is gone, the kernel hands its
+    number to the next namespace made (the sandbox of a pod starting on the node at that
+    moment, as when a queue admits the next gang as the last one ends), and killing by number
+    would kill that pod. A namespace with no process left is not touched at all."""
+    pin = _hold(namespace)
+    if pin is None:
+        return
+    try:
+        deadline = time.monotonic() + timeout
+        while (pids := pids_in_mount_namespace(namespace)) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+    finally:
+        os.close(pin)
+
+
+def _hold(namespace: str) -> int | None:
+    """An open descriptor of `namespace` (it keeps the namespace, and its number, alive)."""
+    for pid in pids_in_mount_namespace(namespace):
+        try:
+            descriptor = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+        except OSError:
+            continue
+        if f"mnt:[{os.fstat(descriptor).st_ino}]" == namespace:
+            return descriptor
+        os.close(descriptor)
+    return None
 
 
 def record_sandbox(pid_file: Path, pid: int) -> None:

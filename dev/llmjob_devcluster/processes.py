@@ -48,10 +48,17 @@ def running_pid(pid_dir: Path, name: str) -> int | None:
 
 
 def start(
-    pid_dir: Path, log_dir: Path, name: str, argv: list[str], env: dict[str, str]
+    pid_dir: Path,
+    log_dir: Path,
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    marker: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Starts `argv` detached in its own session (so it outlives the caller and its whole
-    process group can be signalled), logging to log_dir/name.log."""
+    process group can be signalled), logging to log_dir/name.log. `marker` (default argv[0])
+    is what the process's command line must hold to count as ours: a wrapper that execs the
+    program names the program."""
     pid_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / f"{name}.log", "ab") as log:
@@ -63,7 +70,7 @@ def start(
             env=env,
             start_new_session=True,
         )
-    _pid_file(pid_dir, name).write_text(f"{process.pid}\n{argv[0]}\n")
+    _pid_file(pid_dir, name).write_text(f"{process.pid}\n{marker or argv[0]}\n")
     return process
 
 

@@ -1080,6 +1080,11 @@ class PodWorker(threading.Thread):
         else:
             self._terminate(self._grace())
             if self.sandbox is not None and not self.finished:
+                # A deleted pod never runs again: like the kubelet (1.27+), give it its terminal
+                # phase before the object goes, so that whoever keeps it by a finalizer (Kueue,
+                # counting a pod group's ended pods) sees how it ended.
+                failed = any(c.exit_code != 0 for c in self.containers)
+                self.phase = "Failed" if failed else "Succeeded"
                 with contextlib.suppress(client.ApiException):
                     self.publish()
             self._delete_pod_object()

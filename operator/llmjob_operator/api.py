@@ -959,14 +959,19 @@ class LLMTrainingJobSpec(ApiModel):
         )
 
 
-Phase = Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
-ConditionType = Literal["Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+# Queued: the gang waits behind a scheduling gate (a queue's admission, e.g. Kueue's).
+Phase = Literal["Pending", "Queued", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+ConditionType = Literal[
+    "Created", "Queued", "Running", "Restarting", "Suspended", "Succeeded", "Failed"
+]
 
 
 class Condition(ApiModel):
     """A metav1.Condition."""
 
-    type: str = Field(description="Created, Running, Restarting, Suspended, Succeeded or Failed.")
+    type: str = Field(
+        description="Created, Queued, Running, Restarting, Suspended, Succeeded or Failed."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="CamelCase reason for the last transition.")
     message: str = Field(default="", description="Human-readable detail.")

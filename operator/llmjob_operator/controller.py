@@ -35,6 +35,7 @@ from llmjob_operator.reconcile import (
     status_write_due,
 )
 from llmjob_operator.render import (
+    KUEUE_QUEUE_LABEL,
     SPEC_HASH_ANNOTATION,
     JobRef,
     RenderSettings,
@@ -141,7 +142,12 @@ class Controller:
             invalid = plan_invalid(status, generation, explain_validation_error(error), now)
             self._execute(kube, body, status, invalid, now)
             return Outcome()
-        ref = JobRef(name=key[1], namespace=key[0], uid=body["metadata"]["uid"])
+        ref = JobRef(
+            name=key[1],
+            namespace=key[0],
+            uid=body["metadata"]["uid"],
+            queue_name=(body["metadata"].get("labels") or {}).get(KUEUE_QUEUE_LABEL),
+        )
         view = JobView(
             ref=ref,
             generation=generation,

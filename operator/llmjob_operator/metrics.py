@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector
 from llmjob_operator.reconcile import Plan
 from llmjob_operator.workqueue import WorkQueue
 
-PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+PHASES = ("Pending", "Queued", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 # Seconds from seconds to hours: a gang start on a busy cluster can take many minutes.
 DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
 

@@ -17,6 +17,9 @@ NodeHealth = Literal["Ready", "NotReady", "Gone", "Unknown"]
 DEAD_NODE_TAINTS = frozenset(
     {"node.kubernetes.io/out-of-service", "node.kubernetes.io/unreachable"}
 )
+# Pod conditions that say who took the pod away: Kubernetes' own, and the one Kueue sets on the
+# pods of a pod group it stops (evicted, preempted) before it deletes them.
+DISRUPTION_CONDITIONS = ("DisruptionTarget", "TerminationTarget")
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -46,7 +49,7 @@ class WorkerState:
     finished_at: datetime | None = None
     started_at: datetime | None = None
     true_conditions: frozenset[str] = frozenset()
-    # The reason Kubernetes gave on the pod's DisruptionTarget condition (who took it away).
+    # The reason given on a DISRUPTION_CONDITIONS condition (who took the pod away, and why).
     disruption_reason: str | None = None
     unschedulable_message: str | None = None
     status_reason: str | None = None
@@ -55,6 +58,13 @@ class WorkerState:
     waiting_reason: str | None = None
     waiting_message: str | None = None
     image: str | None = None
+    scheduling_gates: tuple[str, ...] = ()
+    """Gates that keep the scheduler from placing the pod (Kueue's admission gate)."""
+
+    @property
+    def disrupted(self) -> bool:
+        """The pod was taken away (evicted, preempted, its node lost), not failed."""
+        return not self.true_conditions.isdisjoint(DISRUPTION_CONDITIONS)
 
     @property
     def failed(self) -> bool:
@@ -74,14 +84,12 @@ def worker_state(pod: dict[str, Any]) -> WorkerState | None:
     status = pod.get("status") or {}
     conditions = status.get("conditions") or []
     true_conditions = frozenset(c["type"] for c in conditions if c.get("status") == "True")
-    disruption_reason = next(
-        (
-            c.get("reason")
-            for c in conditions
-            if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
-        ),
-        None,
-    )
+    disruptions = [
+        c
+        for c in conditions
+        if c.get("type") in DISRUPTION_CONDITIONS and c.get("status") == "True"
+    ]
+    disruption_reason = disruptions[0].get("reason") if disruptions else None
     unschedulable = next(
         (
             c.get("message") or c.get("reason") or "Unschedulable"
@@ -140,6 +148,9 @@ def worker_state(pod: dict[str, Any]) -> WorkerState | None:
         waiting_reason=waiting_reason,
         waiting_message=waiting_message,
         image=image,
+        scheduling_gates=tuple(
+            gate["name"] for gate in (pod.get("spec") or {}).get("schedulingGates") or []
+        ),
     )
 
 

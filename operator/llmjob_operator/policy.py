@@ -22,7 +22,18 @@ DISRUPTION_TARGET_REASONS = {
     "PreemptionByScheduler": "Preempted",
     "EvictionByEvictionAPI": "Evicted",
     "TerminationByKubelet": "Terminated",
+    # Kueue's TerminationTarget: "WorkloadEvictedDueTo" + why Kueue evicted the group.
+    "WorkloadEvictedDueToPreempted": "Preempted",
 }
+KUEUE_EVICTION_PREFIX = "WorkloadEvictedDueTo"
+
+
+def disruption_reason(worker: WorkerState) -> str:
+    """Who took a disrupted worker's pod away, as lastFailure.reason says it."""
+    given = worker.disruption_reason or ""
+    if given in DISRUPTION_TARGET_REASONS:
+        return DISRUPTION_TARGET_REASONS[given]
+    return "Evicted" if given.startswith(KUEUE_EVICTION_PREFIX) else "Disrupted"
 
 
 @dataclass(frozen=True)
@@ -63,9 +74,8 @@ def _describe(worker: WorkerState) -> str:
 def default_verdict(worker: WorkerState) -> Verdict:
     """The trainer's exit-code contract, and Kubernetes' disruption signals."""
     text = _describe(worker)
-    if DISRUPTION_CONDITION in worker.true_conditions:
-        reason = DISRUPTION_TARGET_REASONS.get(worker.disruption_reason or "", "Disrupted")
-        return Verdict("RestartJobNotCounted", reason, text)
+    if worker.disrupted:
+        return Verdict("RestartJobNotCounted", disruption_reason(worker), text)
     if worker.status_reason in DISRUPTION_REASONS:
         return Verdict("RestartJobNotCounted", worker.status_reason, text)
     if worker.exit_code == EXIT_INVALID_CONFIG:
@@ -89,9 +99,7 @@ def classify(worker: WorkerState, policy: FailurePolicy) -> Verdict:
 
 
 def shows_disruption(worker: WorkerState) -> bool:
-    return DISRUPTION_CONDITION in worker.true_conditions or worker.status_reason in (
-        DISRUPTION_REASONS
-    )
+    return worker.disrupted or worker.status_reason in DISRUPTION_REASONS
 
 
 def vanished_verdict(worker_index: int) -> Verdict:

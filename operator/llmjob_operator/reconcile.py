@@ -23,7 +23,6 @@ from llmjob_operator.api import (
 )
 from llmjob_operator.observe import Observed, TrainerProgress, WorkerState
 from llmjob_operator.policy import (
-    DISRUPTION_CONDITION,
     Verdict,
     backoff_seconds,
     classify,
@@ -43,6 +42,7 @@ PROGRESS_UNKNOWN_CONDITION = "ProgressUnknown"
 CHECKPOINT_FALLBACK_CONDITION = "CheckpointFallback"
 # The Restarting reason of a restart onto fewer workers (failurePolicy.onNodeLoss).
 GANG_SHRUNK = "GangShrunk"
+QUEUED_CONDITION = "Queued"
 # How soon to look again while waiting for pods to go away (their events also wake us).
 TEARDOWN_POLL_SECONDS = 2.0
 
@@ -396,7 +396,7 @@ class _Planner:
             if worker.deleting and not worker.succeeded:
                 # Deleted under a running gang: a disruption (eviction, preemption, node loss)
                 # says so with a pod condition; a plain delete is not the training's fault.
-                if DISRUPTION_CONDITION in worker.true_conditions:
+                if worker.disrupted:
                     return classify(worker, self.spec.failure_policy), worker
                 return vanished_verdict(worker.index), worker
         present = {w.index for w in current}
@@ -561,10 +561,13 @@ class _Planner:
         policy = self.spec.failure_policy
         if policy.scheduling_timeout_seconds == 0:
             return
+        admitted = self.admission_time()
         for worker in self.current_workers():
             if worker.unschedulable_message is None:
                 continue
-            waited = self.seconds_since(worker.created)
+            # Time queued is not time unschedulable: the clock starts at admission.
+            clock_start = max((t for t in (worker.created, admitted) if t), default=None)
+            waited = self.seconds_since(clock_start)
             if waited < policy.scheduling_timeout_seconds:
                 self.wake_in(policy.scheduling_timeout_seconds - waited)
                 continue
@@ -582,6 +585,37 @@ class _Planner:
                 self.events.append(Event("Warning", "Unschedulable", message))
             self.condition("Running", False, "Unschedulable", message)
             return
+
+    def admission_time(self) -> datetime | None:
+        """When this attempt's gang left the queue (its gates were lifted), if it queued."""
+        queued = next((c for c in self.status.conditions if c.type == QUEUED_CONDITION), None)
+        if queued is None or queued.status != "False" or self.status.attempt_start_time is None:
+            return None
+        at = queued.last_transition_time
+        return at if at >= self.status.attempt_start_time else None
+
+    def track_queueing(self) -> bool:
+        """Queued while this attempt's workers wait behind a scheduling gate (Kueue's admission
+        gate: the group is not admitted under its ClusterQueue's quota yet). A queued gang holds
+        no node and no quota, and none of the start-up clocks runs. Returns whether queued."""
+        current = self.current_workers()
+        gated = [w for w in current if w.scheduling_gates]
+        if gated and not any(w.started for w in current):
+            gates = ", ".join(sorted({gate for w in gated for gate in w.scheduling_gates}))
+            queue = f" in queue {self.job.ref.queue_name}" if self.job.ref.queue_name else ""
+            message = (
+                f"{len(gated)}/{self.spec.workers} workers of attempt {self.status.attempt} "
+                f"wait for admission{queue} (scheduling gate {gates})"
+            )
+            self.transition("Queued", "Queued", message)
+            self.condition(QUEUED_CONDITION, True, "SchedulingGated", message)
+            return True
+        if self.condition_is(QUEUED_CONDITION):
+            message = f"attempt {self.status.attempt} admitted: no scheduling gate left"
+            self.condition(QUEUED_CONDITION, False, "Admitted", message)
+            if self.status.phase == "Queued":
+                self.transition("Pending", "Admitted", message)
+        return False
 
     def spec_changed(self) -> bool:
         """A pod of the current attempt was made from another spec than the job's now."""
@@ -717,6 +751,7 @@ class _Planner:
             self.restart_for_spec_change()
             return
         self.ensure_supporting_objects(only_missing=True)
+        queued = self.track_queueing()
         self.track_progress_readability()
         gang_started = len(current) == self.gang_size and all(w.started for w in current)
         if self.status.running_time is None and gang_started:
@@ -735,7 +770,8 @@ class _Planner:
             return
         if not any(w.started for w in current):
             self.create_missing_pods()
-        if self.shrink_for_lost_capacity():
+        # A queued gang waits for quota, not for lost capacity: it never shrinks.
+        if queued or self.shrink_for_lost_capacity():
             return
         self.waiting_on_image()
         self.scheduling_timeout()
@@ -830,6 +866,10 @@ class _Planner:
                 # After running(): a phase change's own event stays the first (metrics label
                 # transitions with it).
                 self.record_checkpoint_fallback(self.observed.progress)
+        if self.status.phase != "Queued" and self.condition_is(QUEUED_CONDITION):
+            # Suspended, restarted or finished while queued: the queued gang is gone.
+            phase = self.status.phase or "Pending"
+            self.condition(QUEUED_CONDITION, False, phase, f"the job is {phase}")
         self.count_workers()
         return Plan(
             status=self.status,

@@ -17,6 +17,14 @@ WORKER_INDEX_LABEL = f"{LABEL_PREFIX}/worker-index"
 ATTEMPT_LABEL = f"{LABEL_PREFIX}/attempt"
 # The hash of what an applied object was rendered from: a changed hash is a changed spec.
 SPEC_HASH_ANNOTATION = f"{LABEL_PREFIX}/spec-hash"
+# Kueue's plain pod groups: a job labelled with the queue label runs each attempt's gang as one
+# group (one Workload) in that LocalQueue.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_POD_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+KUEUE_POD_GROUP_TOTAL_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
+KUEUE_RETRIABLE_IN_GROUP_ANNOTATION = "kueue.x-k8s.io/retriable-in-group"
+# The scheduling gate Kueue's webhook puts on the pods of a group until it admits the group.
+KUEUE_ADMISSION_GATE = "kueue.x-k8s.io/admission"
 
 CONFIG_DIR = "/etc/llmjob"
 HOSTFILE_KEY = "hostfile"
@@ -38,6 +46,8 @@ class JobRef:
     name: str
     namespace: str
     uid: str
+    queue_name: str | None = None
+    """The job's kueue.x-k8s.io/queue-name label: its gangs are admitted by Kueue."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,40 @@ def hostfile(job: JobRef, spec: LLMTrainingJobSpec) -> str:
     return "".join(
         f"{worker_host(job, i)} slots={spec.slots_per_worker}\n" for i in range(spec.workers)
     )
+
+
+def pod_group_name(job: JobRef, attempt: int) -> str:
+    """The Kueue pod group (and Workload) of one attempt's gang.
+
+    One group per attempt, not per job: a worker's pod name is stable across attempts (its DNS
+    name), so a new gang is created only once the old one is gone, and Kueue keeps the
+    finalizer of a group's terminated pods until replacements *in that group* exist. A group
+    that outlived its attempt would either never let its old pods go or be emptied, and its
+    Workload deleted, between two gangs. Instead every attempt's pods say they are not
+    retried in their group (kueue.x-k8s.io/retriable-in-group: "false"): when the attempt's
+    pods have all ended, Kueue marks its Workload finished, releases the quota and the pods,
+    and the next attempt queues as a new Workload. A job waiting out a restart backoff holds
+    no quota. The job's UID keeps a re-created job of the same name out of an old Workload."""
+    suffix = f"-{job.uid[:8]}-{attempt}"
+    return job.name[: 63 - len(suffix)] + suffix
+
+
+def kueue_pod_metadata(
+    job: JobRef, spec: LLMTrainingJobSpec, attempt: int
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(labels, annotations) that make a worker pod a member of its attempt's Kueue pod group;
+    empty unless the job names a queue."""
+    if not job.queue_name:
+        return {}, {}
+    labels = {
+        KUEUE_QUEUE_LABEL: job.queue_name,
+        KUEUE_POD_GROUP_LABEL: pod_group_name(job, attempt),
+    }
+    annotations = {
+        KUEUE_POD_GROUP_TOTAL_COUNT_ANNOTATION: str(spec.workers),
+        KUEUE_RETRIABLE_IN_GROUP_ANNOTATION: "false",
+    }
+    return labels, annotations
 
 
 def render_service(job: JobRef, spec: LLMTrainingJobSpec) -> dict[str, Any]:
@@ -353,11 +397,14 @@ def render_pod(
     if scheduler_name:
         pod_spec["schedulerName"] = scheduler_name
     pod_spec.update(_pod_identity(spec))
+    kueue_labels, kueue_annotations = kueue_pod_metadata(job, spec, attempt)
     metadata = _metadata(
         job,
         worker_name(job.name, index),
-        labels={WORKER_INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt)},
+        labels={WORKER_INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt), **kueue_labels},
     )
+    if kueue_annotations:
+        metadata["annotations"] = kueue_annotations
     metadata = _in_pod_group(metadata, job, spec)
     return {
         "apiVersion": "v1",

@@ -19,8 +19,9 @@ JobKey = tuple[str, str]
 ObjectKey = tuple[str, str, str]
 Body = dict[str, Any]
 
-# Fields of a worker pod's spec that the operator reads (the node, for node-loss checks).
-_POD_SPEC_FIELDS = ("nodeName",)
+# Fields of a worker pod's spec that the operator reads (the node, for node-loss checks; the
+# scheduling gates, for a gang waiting for admission by a queue).
+_POD_SPEC_FIELDS = ("nodeName", "schedulingGates")
 _STATUS_FIELDS = ("phase", "reason", "message", "conditions", "containerStatuses", "podIP")
 _METADATA_FIELDS = (
     "name",

@@ -1,6 +1,7 @@
 """Fixtures for tests against the local cluster: the operator running, the CRD installed.
 The cluster itself, clients, kubectl and namespaces come from tests/conftest.py."""
 
+import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -9,9 +10,12 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.conftest import wait_for
+from llmjob_devcluster import kueue as kueue_component
+from llmjob_devcluster.layout import Layout
+from tests.conftest import create_test_namespace, wait_for
 from tests.integration.helm_chart import RESTRICTED, Helm, create_namespace
 from tests.integration.jobs import Jobs
+from tests.integration.kueue_queues import Queues
 from tests.integration.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,3 +81,36 @@ def restricted_namespaces(api_client: client.ApiClient) -> Iterator[Callable[[st
     yield make
     for name in created:
         client.CoreV1Api(api_client).delete_namespace(name)
+
+
+# -- Kueue (test_kueue*.py) -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kueue(devcluster: Layout) -> Iterator[Layout]:
+    """The real Kueue on the local cluster: built on first use (cached), installed, its manager
+    started; stopped after the session unless it was running before (or LLMJOB_KEEP_CLUSTER)."""
+    was_running = kueue_component.is_running(devcluster)
+    kueue_component.up(devcluster)
+    yield devcluster
+    if not was_running and not os.environ.get("LLMJOB_KEEP_CLUSTER"):
+        kueue_component.down(devcluster)
+
+
+@pytest.fixture
+def kueue_namespace(
+    request: pytest.FixtureRequest, core: client.CoreV1Api, kueue: Layout
+) -> Iterator[str]:
+    """A fresh namespace whose pods Kueue manages (it opts in by its label)."""
+    name = create_test_namespace(request, core, {kueue_component.MANAGED_NAMESPACE_LABEL: "true"})
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def queues(api_client: client.ApiClient, kueue_namespace: str) -> Iterator[Queues]:
+    """The test's own ClusterQueue, ResourceFlavor and LocalQueue (see Queues.create)."""
+    made = Queues(api_client, kueue_namespace)
+    yield made
+    print(f"\nKueue's view of {kueue_namespace}:\n{made.describe()}")
+    made.delete()
