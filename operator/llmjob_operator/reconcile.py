@@ -752,10 +752,12 @@ class _Planner:
             return
         self.ensure_supporting_objects(only_missing=True)
         queued = self.track_queueing()
-        self.track_progress_readability()
         gang_started = len(current) == self.gang_size and all(w.started for w in current)
         if self.status.running_time is None and gang_started:
             self.mark_running(current)
+        # After mark_running: a read that failed before the gang was Running must still set the
+        # condition, since the same failure again wakes no one.
+        self.track_progress_readability()
         found = self.verdict_for_failures()
         if found is not None and found[0].action == "RestartJob":
             found = self.settle(*found)

@@ -289,6 +289,19 @@ def test_an_unreachable_rank0_means_progress_unknown_never_a_stall() -> None:
     assert (cleared.status, cleared.reason) == ("False", "MetricsRead")
 
 
+def test_a_read_that_failed_before_the_gang_ran_sets_progress_unknown_as_it_starts() -> None:
+    """The failed read may arrive before the pass that marks the gang Running; the same
+    failure again changes nothing that would wake the job, so that pass must set it."""
+    result = run(
+        status=running_status(phase="Pending", runningTime=None),
+        workers=[worker(0), worker(1)],
+        progress=TrainerProgress(error="read deadline exceeded", read_time=NOW),
+    )
+    assert result.status.phase == "Running"
+    unknown = next(c for c in result.status.conditions if c.type == "ProgressUnknown")
+    assert (unknown.status, unknown.reason) == ("True", "MetricsUnreadable")
+
+
 def test_a_checkpoint_fallback_is_a_condition_and_one_event_written_once() -> None:
     fell_back = TrainerProgress(
         step=101,
