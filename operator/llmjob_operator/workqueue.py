@@ -23,10 +23,13 @@ class WorkQueue(Generic[Key]):
         base_backoff_seconds: float = 0.5,
         max_backoff_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        observe_latency: Callable[[float], None] | None = None,
     ) -> None:
         self._cond = threading.Condition()
         self._clock = clock
         self._ready: list[Key] = []
+        self._ready_since: dict[Key, float] = {}
+        self._observe_latency = observe_latency
         self._queued: set[Key] = set()
         self._active: set[Key] = set()
         self._dirty: set[Key] = set()
@@ -91,6 +94,9 @@ class WorkQueue(Generic[Key]):
                 self._promote_due()
                 if self._ready:
                     key = self._ready.pop(0)
+                    since = self._ready_since.pop(key)
+                    if self._observe_latency is not None:
+                        self._observe_latency(self._clock() - since)
                     self._queued.discard(key)
                     self._active.add(key)
                     return key
@@ -138,6 +144,7 @@ class WorkQueue(Generic[Key]):
         elif key not in self._queued:
             self._queued.add(key)
             self._ready.append(key)
+            self._ready_since[key] = self._clock()
             self._cond.notify()
 
     def _promote_due(self) -> None:
