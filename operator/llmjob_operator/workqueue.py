@@ -136,7 +136,7 @@ class WorkQueue(Generic[Key]):
         with self._cond:
             return len(self._deadline)
 
-    def _make_ready(self, key: Key) -> None:
+    def _make_ready(self, key: Key, since: float | None = None) -> None:
         # Becoming ready satisfies any deadline: client-go drops it too.
         self._deadline.pop(key, None)
         if key in self._active:
@@ -144,7 +144,8 @@ class WorkQueue(Generic[Key]):
         elif key not in self._queued:
             self._queued.add(key)
             self._ready.append(key)
-            self._ready_since[key] = self._clock()
+            # A delayed key has been ready since its deadline, whenever a get() noticed.
+            self._ready_since[key] = self._clock() if since is None else since
             self._cond.notify()
 
     def _promote_due(self) -> None:
@@ -152,4 +153,4 @@ class WorkQueue(Generic[Key]):
         while self._delayed and self._delayed[0][0] <= now:
             due, _, key = heapq.heappop(self._delayed)
             if self._deadline.get(key) == due:
-                self._make_ready(key)
+                self._make_ready(key, since=due)
