@@ -252,6 +252,9 @@ class LeaderElector:
                 ok = self._acquire_or_renew(term, timeout)
             except _API_ERRORS as error:
                 log.warning("leader election: lease %s failed: %s", self._lease_ref(), error)
+            except Exception:
+                # A bug of ours must not end the election thread: the term still ends on time.
+                log.exception("leader election: a try on lease %s crashed", self._lease_ref())
         if ok:
             self._renewed(started)
         elif term is not None and not term_holds(term, self.settings, self._clock()):
