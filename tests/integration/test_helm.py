@@ -242,10 +242,13 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     docs = helm.template(values, namespace=release_ns)
     kinds = {doc["kind"] for doc in docs}
     assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "NetworkPolicy"} <= kinds
-    operator_roles = [doc for doc in docs if doc["kind"] == "Role" and not is_hook(doc)]
+    roles = [doc for doc in docs if doc["kind"] == "Role" and not is_hook(doc)]
+    operator_roles = [r for r in roles if not r["metadata"]["name"].endswith("-leader-election")]
     assert [r["metadata"]["namespace"] for r in operator_roles] == (
         [job_ns] if mode == "namespaced" else []
     )
+    # The Lease's Role is the release namespace's in either mode.
+    assert [r["metadata"]["namespace"] for r in roles if r not in operator_roles] == [release_ns]
     # The test hook's Pod is admitted only once its ServiceAccount exists, as when
     # `helm test` creates the hooks in weight order: create that one for real (the
     # namespace goes away after the test).
