@@ -82,7 +82,9 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
     settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
     settings.watching.connect_timeout = 30
-    settings.posting.level = logging.WARNING
+    # kopf would post its own Events (handler errors) from every replica, outside the
+    # leader's fence: the operator's events are its own (kube.py), sent only by the leader.
+    settings.posting.enabled = False
     for plural in OWNED_KINDS.values():
         settings.watching.label_selectors["v1", plural] = JOB_NAME_LABEL
     if _settings.namespaces:
