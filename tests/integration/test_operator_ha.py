@@ -178,3 +178,47 @@ def test_a_sigterm_hands_the_lease_over_at_once(
     assert attempts_started(jobs, "handed") == {1: 1}
     leader.start()
     assert leader_of(replicas) is standby
+
+
+def client_writes(operator: OperatorProcess) -> float:
+    """The requests a replica's own client counted, less reads and the election's own."""
+    total = 0.0
+    for call, value in re.findall(
+        r'^llmjob_operator_api_requests_total\{call="(\w+)",code="\w+"\} (\S+)$',
+        operator.metrics(),
+        re.MULTILINE,
+    ):
+        if not call.startswith(("list_", "read_", "get_")) and not call.endswith("_lease"):
+            total += float(value)
+    return total
+
+
+def test_a_frozen_leader_that_wakes_after_the_take_over_sends_nothing(
+    replicas: list[OperatorProcess], jobs: Jobs, venv_bin: str, api_client: client.ApiClient
+) -> None:
+    """SIGSTOP (a long pause, a hung node): the process lives on, its clock with it. Its term
+    ended at its renew deadline; when it wakes, with a backlog of watch events, its workers
+    and its fenced client send nothing, while the new leader restarts the gang."""
+    leader = leader_of(replicas)
+    standby = next(o for o in replicas if o is not leader)
+    gang = GangWatch(api_client, jobs.namespace, "frozen")
+    try:
+        jobs.create(standin_job("frozen", venv_bin, standin={"steps": 6, "fail": "1:1:1:2"}))
+        jobs.wait_phase("frozen", "Running", timeout=120)
+        writes = client_writes(leader)
+        leader.pause()
+        try:
+            wait_for(lambda: is_leader(standby), LEASE_DURATION + 10, "the standby to lead")
+            jobs.wait("frozen", lambda s: s.get("attempt") == 2, 60, "attempt 2")
+        finally:
+            leader.resume()
+        wait_for(lambda: is_leader(leader) is False, 10, "the woken replica to stand by")
+        time.sleep(RETRY_PERIOD)
+        assert client_writes(leader) == writes
+        assert "stopped leading: its renew deadline passed" in leader.log_path.read_text()
+        assert is_leader(standby)
+        jobs.wait_phase("frozen", "Succeeded", timeout=120)
+    finally:
+        gang.stop()
+    assert attempts_started(jobs, "frozen") == {1: 1, 2: 1}
+    assert gang.overlaps == [], "two attempts' pods were alive at once"
