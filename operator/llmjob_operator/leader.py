@@ -201,7 +201,8 @@ class LeaderElector:
         """The current term's number once leading; None when not leading within `timeout`."""
         with self._cond:
             self._cond.wait_for(self._leading, timeout)
-            return self._term.number if self._leading() else None  # type: ignore[union-attr]
+            term = self._term
+            return term.number if term is not None and self._leading() else None
 
     def is_current(self, number: int) -> bool:
         with self._cond:
