@@ -67,6 +67,8 @@ def install_operator() -> int:
         "--create-namespace",
         "--skip-crds",
         f"--set=defaultTrainerImage={TRAINER_IMAGE}",
+        # One replica: pods here share the host's network, so a second would bind the same ports.
+        "--set=replicaCount=1",
         f"--set=metricsPort={metrics_port}",
         f"--set=healthPort={free_port()}",
         "--set=extraArgs={--progress-interval=3}",

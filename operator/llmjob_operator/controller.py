@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from llmjob_operator import metrics
 from llmjob_operator.api import LLMTrainingJobStatus, explain_validation_error, validate_job
 from llmjob_operator.kube import ConflictError, ForeignObjectError, GoneError, Kube
+from llmjob_operator.leader import NotLeaderError
 from llmjob_operator.observe import NodeHealth, Observed, WorkerState, parse_time, worker_state
 from llmjob_operator.policy import set_condition
 from llmjob_operator.progress import ProgressReader, Target
@@ -100,7 +101,21 @@ class Controller:
             return Outcome()
         started = time.monotonic()
         try:
+            outcome = self._attempt(kube, key, body)
+        except NotLeaderError:
+            # The term ended mid-reconcile: nothing more is sent, not even an error report.
+            # The next leader queues every job at once.
+            metrics.RECONCILE_SECONDS.labels("abandoned").observe(time.monotonic() - started)
+            raise
+        label = "retry" if outcome.failed else "ok"
+        metrics.RECONCILE_SECONDS.labels(label).observe(time.monotonic() - started)
+        return outcome
+
+    def _attempt(self, kube: Kube, key: JobKey, body: dict[str, Any]) -> Outcome:
+        try:
             return self._reconcile(kube, key, body)
+        except NotLeaderError:
+            raise
         except ConflictError:
             # Our cached body is older than the server's: its event is on the way.
             return Outcome(failed=True)
@@ -128,8 +143,6 @@ class Controller:
             log.exception("reconcile of %s/%s crashed", *key)
             self._report_error(kube, body, "InternalError", f"{type(error).__name__}: {error}")
             return Outcome(failed=True)
-        finally:
-            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
     def _reconcile(self, kube: Kube, key: JobKey, body: dict[str, Any]) -> Outcome:
         now = datetime.now(UTC)

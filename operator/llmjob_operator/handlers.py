@@ -5,6 +5,9 @@ every job (blocking its deletion while the operator is down), and its change han
 would write their own annotations. Time-based rules are served by the work queue's
 delayed re-adds instead.
 
+Every replica watches and caches; only the elected leader's reconcile workers take keys from
+the work queue (leader.py), and each of their writes is fenced by the term it started in.
+
 Owned kinds are watched with a server-side label selector (only our objects are sent and
 decoded), and an event wakes a job only when it changed the cache: the MODIFIED event of our
 own status write carries the version we already hold, so it costs no second pass.
@@ -13,13 +16,17 @@ own status write carries the version we already hold, so it costs no second pass
 import logging
 import socket
 import threading
+import uuid
+from functools import partial
 from typing import Any, cast
 
 import kopf
 
+from llmjob_operator import metrics
 from llmjob_operator.api import GROUP, PLURAL, VERSION
 from llmjob_operator.controller import Controller
 from llmjob_operator.kube import ClientLimits, Kube, TokenBucket, load_config
+from llmjob_operator.leader import ElectionSettings, LeaderElector, NotLeaderError
 from llmjob_operator.metrics import serve
 from llmjob_operator.progress import ProgressReader
 from llmjob_operator.render import JOB_NAME_LABEL
@@ -30,9 +37,16 @@ from llmjob_operator.workqueue import WorkQueue
 log = logging.getLogger(__name__)
 
 store = Store()
-queue: WorkQueue[JobKey] = WorkQueue()
+queue: WorkQueue[JobKey] = WorkQueue(observe_latency=metrics.QUEUE_LATENCY_SECONDS.observe)
 _settings: OperatorSettings | None = None
 _progress: ProgressReader | None = None
+_election: LeaderElector | None = None
+_workers: list[threading.Thread] = []
+# How long a worker blocks on the queue or the election before it looks again.
+WORKER_POLL_SECONDS = 1.0
+# SIGTERM: in-flight reconciles get this long to finish before the lease is released (their
+# writes stop at the renew deadline anyway).
+SHUTDOWN_GRACE_SECONDS = 30.0
 # kopf replays a listing as events of type None: at start-up, and after a 410 Gone. It never
 # reports what vanished in the gap, so seeing one triggers our own relist at once.
 _relisted = threading.Event()
@@ -68,7 +82,9 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
     settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
     settings.watching.connect_timeout = 30
-    settings.posting.level = logging.WARNING
+    # kopf would post its own Events (handler errors) from every replica, outside the
+    # leader's fence: the operator's events are its own (kube.py), sent only by the leader.
+    settings.posting.enabled = False
     for plural in OWNED_KINDS.values():
         settings.watching.label_selectors["v1", plural] = JOB_NAME_LABEL
     if _settings.namespaces:
@@ -92,18 +108,56 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         target=_resync_forever, args=(limits, _settings), name="resync", daemon=True
     ).start()
     controller = Controller(store, _settings, socket.gethostname(), _progress)
+    _start_election(Kube(limits), _settings)
     for number in range(_settings.workers):
-        threading.Thread(
+        worker = threading.Thread(
             target=_work, args=(controller, limits), name=f"reconcile-{number}", daemon=True
-        ).start()
+        )
+        worker.start()
+        _workers.append(worker)
+    log.info("llmjob operator started: %s", _settings)
+
+
+def _start_election(kube: Kube, settings: OperatorSettings) -> None:
+    global _election  # noqa: PLW0603 - kopf handlers are module-level by design
+    metrics.LEADER.set(0)
+    _election = LeaderElector(
+        kube,
+        ElectionSettings(
+            # client-go's convention: the pod's name, and a suffix that no restart reuses.
+            identity=f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
+            lease_name=settings.lease_name,
+            lease_namespace=settings.lease_namespace,
+            lease_duration_seconds=settings.lease_duration_seconds,
+            renew_deadline_seconds=settings.renew_deadline_seconds,
+            retry_period_seconds=settings.retry_period_seconds,
+        ),
+        on_started_leading=_started_leading,
+        on_stopped_leading=_stopped_leading,
+    )
+    threading.Thread(target=_election.run, name="leader-election", daemon=True).start()
+
+
+def _started_leading() -> None:
+    metrics.LEADER.set(1)
+    # The cache is warm: every job is reconciled at once, not when its next event comes.
     for key in store.job_keys():
         queue.add(key)
-    log.info("llmjob operator started: %s", _settings)
+
+
+def _stopped_leading() -> None:
+    metrics.LEADER.set(0)
 
 
 @kopf.on.cleanup()
 def cleanup(**_: Any) -> None:
+    """SIGTERM: no new work, in-flight reconciles finish, then the lease is released so that
+    a standby takes over at its next retry."""
     queue.close()
+    for worker in _workers:
+        worker.join(SHUTDOWN_GRACE_SECONDS)
+    if _election is not None:
+        _election.stop()
     if _progress is not None:
         _progress.stop()
 
@@ -147,22 +201,48 @@ def _wake_or_forget(key: JobKey) -> None:
 
 
 def _work(controller: Controller, limits: ClientLimits) -> None:
-    kube = Kube(limits)
-    while (key := queue.get()) is not None:
-        try:
-            outcome = controller.reconcile(kube, key)
-        except Exception:
-            log.exception("reconcile of %s/%s crashed", *key)
-            queue.add_rate_limited(key)
+    """A reconcile worker: idle while this replica is a standby; while it leads, takes keys
+    with every write fenced by the current term (a reconcile planned in an older term never
+    writes in a newer one)."""
+    assert _election is not None
+    unfenced = Kube(limits)
+    while not queue.closed.is_set():
+        term = _election.wait_for_term(WORKER_POLL_SECONDS)
+        if term is None:
             continue
-        finally:
-            queue.done(key)
-        if outcome.failed:
-            queue.add_rate_limited(key)
-            continue
-        queue.forget(key)
-        if outcome.requeue_after is not None:
-            queue.add_after(key, outcome.requeue_after)
+        kube = unfenced.fenced(partial(_election.write_window, term))
+        while _election.is_current(term):
+            key = queue.get(timeout=WORKER_POLL_SECONDS)
+            if key is None:
+                if queue.closed.is_set():
+                    return
+                continue
+            if not _election.is_current(term):
+                # Taken as the term ended: left queued for the next leader term.
+                queue.done(key)
+                queue.add(key)
+                break
+            _process(controller, kube, key)
+
+
+def _process(controller: Controller, kube: Kube, key: JobKey) -> None:
+    try:
+        outcome = controller.reconcile(kube, key)
+    except NotLeaderError:
+        log.info("reconcile of %s/%s stopped: the lease was lost", *key)
+        return
+    except Exception:
+        log.exception("reconcile of %s/%s crashed", *key)
+        queue.add_rate_limited(key)
+        return
+    finally:
+        queue.done(key)
+    if outcome.failed:
+        queue.add_rate_limited(key)
+        return
+    queue.forget(key)
+    if outcome.requeue_after is not None:
+        queue.add_after(key, outcome.requeue_after)
 
 
 def _plain(body: kopf.RawBody) -> Body:

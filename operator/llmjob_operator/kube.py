@@ -154,24 +154,52 @@ def _owner_description(body: dict[str, Any]) -> str:
     return "none"
 
 
+Timeout = tuple[float, float]
+Fence = Callable[[], float]
+"""Asked before every write: the seconds the write may take, or it raises (leader.py's
+NotLeaderError) when this replica no longer holds the lease the write was planned under."""
+
+
 class Kube:
-    def __init__(self, limits: ClientLimits, api_client: client.ApiClient | None = None) -> None:
+    def __init__(
+        self,
+        limits: ClientLimits,
+        api_client: client.ApiClient | None = None,
+        fence: Fence | None = None,
+    ) -> None:
         self.api_client = api_client or client.ApiClient()
         self.core = client.CoreV1Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
+        self.coordination = client.CoordinationV1Api(self.api_client)
         self.limits = limits
-        self.timeout = (limits.connect_timeout_seconds, limits.request_timeout_seconds)
+        self.timeout: Timeout = (limits.connect_timeout_seconds, limits.request_timeout_seconds)
+        self.fence = fence
+
+    def fenced(self, fence: Fence) -> "Kube":
+        """This client (same connections and budget) with every write behind `fence`."""
+        return Kube(self.limits, self.api_client, fence)
 
     def _write(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Every mutating request: a token from the shared bucket, then a bounded request."""
+        """Every mutating request: a token from the shared bucket, the fence, then a request
+        bounded by the time-out and by what the fence leaves."""
         waited = self.limits.writes.take()
         if waited > 0:
             API_THROTTLED_SECONDS.inc(waited)
-        return self._read(call, *args, **kwargs)
+        timeout = self.timeout
+        if self.fence is not None:
+            # Asked after the bucket's wait, which may have outlasted the lease.
+            window = self.fence()
+            timeout = (min(timeout[0], window), min(timeout[1], window))
+        return self._request(call, timeout, *args, **kwargs)
 
     def _read(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._request(call, self.timeout, *args, **kwargs)
+
+    def _request(
+        self, call: Callable[..., Any], timeout: Timeout, *args: Any, **kwargs: Any
+    ) -> Any:
         try:
-            result = call(*args, _request_timeout=self.timeout, **kwargs)
+            result = call(*args, _request_timeout=timeout, **kwargs)
         except ApiException as error:
             API_REQUESTS.labels(call.__name__, str(error.status)).inc()
             raise
@@ -331,6 +359,74 @@ class Kube:
             data = _json(response)
         version = data.get("metadata", {}).get("resourceVersion")
         return data.get("items", []), int(version) if str(version).isdigit() else None
+
+    # -- the leader election's Lease (leader.py) -----------------------------------------
+    # Neither the write bucket nor the fence: the election is what the fence is made of, and a
+    # renew queued behind reconcile writes could lose the lease.
+
+    def get_lease(
+        self, namespace: str, name: str, timeout: float
+    ) -> tuple[dict[str, Any], str] | None:
+        """The Lease's spec and resourceVersion; None when there is none."""
+        try:
+            response = self._request(
+                self.coordination.read_namespaced_lease,
+                (min(self.timeout[0], timeout), timeout),
+                name,
+                namespace,
+                _preload_content=False,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        lease = _json(response)
+        return lease.get("spec") or {}, lease["metadata"]["resourceVersion"]
+
+    def create_lease(
+        self, namespace: str, name: str, spec: dict[str, Any], timeout: float
+    ) -> str | None:
+        """Creates the Lease; its resourceVersion, or None when another replica made it first."""
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+        return self._lease_write(
+            self.coordination.create_namespaced_lease, timeout, namespace, body
+        )
+
+    def update_lease(
+        self, namespace: str, name: str, version: str, spec: dict[str, Any], timeout: float
+    ) -> str | None:
+        """Replaces the Lease's spec if it is still at `version`; the new resourceVersion, or
+        None when it changed since (409: another replica wrote it)."""
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": version},
+            "spec": spec,
+        }
+        return self._lease_write(
+            self.coordination.replace_namespaced_lease, timeout, name, namespace, body
+        )
+
+    def _lease_write(self, call: Callable[..., Any], timeout: float, *args: Any) -> str | None:
+        try:
+            response = self._request(
+                call,
+                (min(self.timeout[0], timeout), timeout),
+                *args,
+                field_manager=FIELD_MANAGER,
+                _preload_content=False,
+            )
+        except ApiException as error:
+            if error.status == 409:
+                return None
+            raise
+        version: str = _json(response)["metadata"]["resourceVersion"]
+        return version
 
     # -- the job -----------------------------------------------------------------------
 

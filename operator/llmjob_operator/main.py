@@ -17,8 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     handlers.configure(settings)
     admission.configure(settings)
     kopf.run(
-        standalone=settings.peering is None,
-        peering_name=settings.peering,
+        # Replicas elect their leader on a Lease (leader.py). kopf's peering would freeze
+        # equal-priority peers instead of electing one, and needs its own CRDs.
+        standalone=True,
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
         liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",

@@ -4,7 +4,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -16,7 +16,18 @@ PHASES = ("Pending", "Queued", "Running", "Restarting", "Suspended", "Succeeded"
 DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
 
 RECONCILE_SECONDS = Histogram(
-    "llmjob_operator_reconcile_duration_seconds", "Time to observe, plan and apply one job."
+    "llmjob_operator_reconcile_duration_seconds",
+    "Time to observe, plan and apply one job, by outcome: ok, retry (an error, retried with "
+    "the job's backoff) or abandoned (the lease was lost mid-reconcile).",
+    ["outcome"],
+)
+LEADER = Gauge(
+    "llmjob_operator_leader", "1 on the replica whose reconcile workers act (it holds the Lease)."
+)
+QUEUE_LATENCY_SECONDS = Histogram(
+    "llmjob_operator_workqueue_queue_duration_seconds",
+    "Seconds a job waited in the work queue, from ready to taken by a worker.",
+    buckets=(0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60),
 )
 RECONCILE_ERRORS = Counter(
     "llmjob_operator_reconcile_errors_total", "Reconciles that failed with an API error."

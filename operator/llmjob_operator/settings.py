@@ -3,6 +3,7 @@
 import argparse
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from llmjob_operator.api import PassthroughPolicy
 
@@ -14,8 +15,6 @@ class OperatorSettings:
     default_image: str
     metrics_port: int
     health_port: int
-    peering: str | None
-    """kopf peering name for several replicas; None runs standalone (one replica)."""
     workers: int
     progress_interval_seconds: float
     log_level: str
@@ -35,6 +34,14 @@ class OperatorSettings:
     """Directory with tls.crt and tls.key: serves the validating webhook; None serves none."""
     webhook_address: str = "0.0.0.0"
     webhook_port: int = 9443
+    lease_name: str = "llmjob-operator"
+    """The coordination.k8s.io/v1 Lease the replicas elect their leader on."""
+    lease_namespace: str = "default"
+    lease_duration_seconds: float = 15.0
+    """client-go's defaults: a standby takes an unrenewed lease after 15 s; the leader stops
+    acting 10 s after its last successful renew; every replica tries every 2 s."""
+    renew_deadline_seconds: float = 10.0
+    retry_period_seconds: float = 2.0
 
 
 def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
@@ -59,11 +66,6 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
     )
     parser.add_argument(
         "--health-port", type=int, default=int(env.get("LLMJOB_HEALTH_PORT", "8081"))
-    )
-    parser.add_argument(
-        "--peering",
-        default=env.get("LLMJOB_PEERING") or None,
-        help="kopf peering name (needs kopf's peering CRDs); default: standalone",
     )
     parser.add_argument("--workers", type=int, default=int(env.get("LLMJOB_WORKERS", "4")))
     parser.add_argument(
@@ -113,13 +115,13 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         "largest /metrics body read",
     )
     _admission_arguments(parser, env)
+    _election_arguments(parser, env)
     args = parser.parse_args(argv)
     return OperatorSettings(
         namespaces=tuple(args.namespace),
         default_image=args.default_image,
         metrics_port=args.metrics_port,
         health_port=args.health_port,
-        peering=args.peering,
         workers=args.workers,
         progress_interval_seconds=args.progress_interval,
         log_level=args.log_level.upper(),
@@ -138,7 +140,45 @@ def parse_settings(argv: list[str] | None = None) -> OperatorSettings:
         webhook_cert_dir=args.webhook_cert_dir,
         webhook_address=args.webhook_address,
         webhook_port=args.webhook_port,
+        lease_name=args.leader_election_lease_name,
+        lease_namespace=args.leader_election_namespace,
+        lease_duration_seconds=args.leader_election_lease_duration,
+        renew_deadline_seconds=args.leader_election_renew_deadline,
+        retry_period_seconds=args.leader_election_retry_period,
     )
+
+
+# In a pod, the namespace of its service account (client-go's in-cluster default).
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _election_arguments(parser: argparse.ArgumentParser, env: os._Environ[str]) -> None:
+    own_namespace = (
+        SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+        if SERVICE_ACCOUNT_NAMESPACE.exists()
+        else "default"
+    )
+    parser.add_argument(
+        "--leader-election-lease-name",
+        default=env.get("LLMJOB_LEADER_ELECTION_LEASE_NAME", "llmjob-operator"),
+        help="name of the Lease the replicas elect their leader on",
+    )
+    parser.add_argument(
+        "--leader-election-namespace",
+        default=env.get("LLMJOB_LEADER_ELECTION_NAMESPACE", own_namespace),
+        help="namespace of that Lease; default: the pod's own namespace (outside a pod: default)",
+    )
+    for flag, variable, default, help_text in (
+        ("lease-duration", "LEASE_DURATION", "15", "seconds a standby waits on an unrenewed lease"),
+        ("renew-deadline", "RENEW_DEADLINE", "10", "seconds the leader acts without a renew"),
+        ("retry-period", "RETRY_PERIOD", "2", "seconds between tries to acquire or renew"),
+    ):
+        parser.add_argument(
+            f"--leader-election-{flag}",
+            type=float,
+            default=float(env.get(f"LLMJOB_LEADER_ELECTION_{variable}", default)),
+            help=help_text,
+        )
 
 
 def _admission_arguments(parser: argparse.ArgumentParser, env: os._Environ[str]) -> None:

@@ -23,10 +23,13 @@ class WorkQueue(Generic[Key]):
         base_backoff_seconds: float = 0.5,
         max_backoff_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        observe_latency: Callable[[float], None] | None = None,
     ) -> None:
         self._cond = threading.Condition()
         self._clock = clock
         self._ready: list[Key] = []
+        self._ready_since: dict[Key, float] = {}
+        self._observe_latency = observe_latency
         self._queued: set[Key] = set()
         self._active: set[Key] = set()
         self._dirty: set[Key] = set()
@@ -91,6 +94,9 @@ class WorkQueue(Generic[Key]):
                 self._promote_due()
                 if self._ready:
                     key = self._ready.pop(0)
+                    since = self._ready_since.pop(key)
+                    if self._observe_latency is not None:
+                        self._observe_latency(self._clock() - since)
                     self._queued.discard(key)
                     self._active.add(key)
                     return key
@@ -130,7 +136,7 @@ class WorkQueue(Generic[Key]):
         with self._cond:
             return len(self._deadline)
 
-    def _make_ready(self, key: Key) -> None:
+    def _make_ready(self, key: Key, since: float | None = None) -> None:
         # Becoming ready satisfies any deadline: client-go drops it too.
         self._deadline.pop(key, None)
         if key in self._active:
@@ -138,6 +144,8 @@ class WorkQueue(Generic[Key]):
         elif key not in self._queued:
             self._queued.add(key)
             self._ready.append(key)
+            # A delayed key has been ready since its deadline, whenever a get() noticed.
+            self._ready_since[key] = self._clock() if since is None else since
             self._cond.notify()
 
     def _promote_due(self) -> None:
@@ -145,4 +153,4 @@ class WorkQueue(Generic[Key]):
         while self._delayed and self._delayed[0][0] <= now:
             due, _, key = heapq.heappop(self._delayed)
             if self._deadline.get(key) == due:
-                self._make_ready(key)
+                self._make_ready(key, since=due)

@@ -71,7 +71,11 @@ def install_monitoring_crds(kubectl: list[str]) -> None:
 
 def operator_values(**values: Any) -> dict[str, Any]:
     """Values for an install on the local cluster: pods share the host's network, so the
-    operator's ports must be free ones, not the defaults another operator may hold. The
+    operator's ports must be free ones, not the defaults another operator may hold, and one
+    replica (a second would bind the same ports; tests/integration/test_operator_ha.py runs
+    two replicas as host processes, the chart's defaults are checked as rendered). A killed
+    sole replica's container waits out its predecessor's lease before it acts: a 6 s lease
+    (not 15) keeps the crash tests' waits short. The
     API server calls the webhook at 127.0.0.1: no EndpointSlice takes a loopback pod IP, so
     the chart's default (the Service) has no endpoint here. The operator runs from the chart's
     default image (`make images` built it); jobs without an image get the host environment,
@@ -83,6 +87,12 @@ def operator_values(**values: Any) -> dict[str, Any]:
         **values.pop("webhook", {}),
     }
     return {
+        "replicaCount": 1,
+        "leaderElection": {
+            "leaseDurationSeconds": 6,
+            "renewDeadlineSeconds": 4,
+            "retryPeriodSeconds": 1,
+        },
         "metricsPort": free_port(),
         "healthPort": free_port(),
         "defaultTrainerImage": HOST_ENVIRONMENT_IMAGE,

@@ -7,11 +7,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 from llmjob_devcluster.images import HOST_ENVIRONMENT_IMAGE
 
 REPO = Path(__file__).resolve().parents[2]
+LEASE_NAMESPACE = "default"
 
 
 def free_port() -> int:
@@ -31,8 +33,13 @@ class OperatorProcess:
         progress_interval: float = 2.0,
         extra_args: tuple[str, ...] = (),
         webhook_cert_dir: Path | None = None,
+        lease_name: str | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
+        # Replicas of one operator share a Lease (LEASE_NAMESPACE/lease_name). Without one, each
+        # start() elects itself on a fresh Lease: a test that kills and restarts its only
+        # operator measures recovery, not the 15 s a new replica waits on a dead one's lease.
+        self.lease_name = lease_name
         self.log_path = log_path
         self.progress_interval = progress_interval
         self.extra_args = extra_args
@@ -48,7 +55,8 @@ class OperatorProcess:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        lease = self.lease_name or f"llmjob-operator-{uuid.uuid4().hex[:8]}"
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
@@ -63,6 +71,8 @@ class OperatorProcess:
             f"--progress-interval={self.progress_interval}",
             # Stand-in workers run in the host environment: the fast tests' opt-in.
             f"--default-image={HOST_ENVIRONMENT_IMAGE}",
+            f"--leader-election-namespace={LEASE_NAMESPACE}",
+            f"--leader-election-lease-name={lease}",
             *self.extra_args,
         ]
         if self.webhook_cert_dir is not None:
@@ -73,7 +83,8 @@ class OperatorProcess:
             ]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-        self.wait_healthy()
+        if wait:
+            self.wait_healthy()
 
     def wait_healthy(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -91,6 +102,20 @@ class OperatorProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: the process is frozen (a long GC pause, a hung node), its clock runs on."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def terminate(self) -> None:
+        """SIGTERM, as the kubelet stops a pod; returns at once."""
+        assert self.process is not None
+        self.process.terminate()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -41,6 +41,9 @@ OPERATOR_RULES = {
     "podgroups.scheduling.volcano.sh": {"get", "create", "patch"},
     "events": {"create"},
 }
+# The replicas' Lease, in the release namespace in either mode: create, and get/update of the
+# one Lease by name (RBAC cannot name what does not exist yet, so create is not by name).
+LEASE_RULES = {"leases.coordination.k8s.io": {"create", "get", "update"}}
 CLUSTER_RULES = {
     "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},
     "nodes": {"get"},
@@ -126,6 +129,50 @@ def test_lint_strict(helm: Helm, values: dict[str, Any]) -> None:
     assert "0 chart(s) failed" in result.stdout
 
 
+def test_defaults_run_two_replicas_that_elect_a_leader(helm: Helm) -> None:
+    docs = helm.template({}, namespace="ops", release="r")
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    pod = spec["template"]["spec"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    )
+    assert {
+        "--leader-election-lease-name=r-llmjob-operator",
+        "--leader-election-namespace=ops",
+        "--leader-election-lease-duration=15",
+        "--leader-election-renew-deadline=10",
+        "--leader-election-retry-period=2",
+    } <= set(pod["containers"][0]["args"])
+    (budget,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert budget["spec"] == {"minAvailable": 1, "selector": spec["selector"]}
+    (role,) = [
+        d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-election")
+    ]
+    assert role["metadata"]["namespace"] == "ops"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["r-llmjob-operator"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    # One replica: no budget (minAvailable 1 would block every drain); own affinity replaces ours.
+    single = helm.template({"replicaCount": 1, "affinity": {"nodeAffinity": {}}})
+    assert not [d for d in single if d["kind"] == "PodDisruptionBudget"]
+    (deployment,) = [d for d in single if d["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["affinity"] == {"nodeAffinity": {}}
+
+
 def test_dashboard_has_the_panels_and_a_job_variable(helm: Helm) -> None:
     (configmap,) = [
         doc for doc in helm.template({}) if doc["kind"] == "ConfigMap" and is_dashboard(doc)
@@ -195,10 +242,13 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     docs = helm.template(values, namespace=release_ns)
     kinds = {doc["kind"] for doc in docs}
     assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "NetworkPolicy"} <= kinds
-    operator_roles = [doc for doc in docs if doc["kind"] == "Role" and not is_hook(doc)]
+    roles = [doc for doc in docs if doc["kind"] == "Role" and not is_hook(doc)]
+    operator_roles = [r for r in roles if not r["metadata"]["name"].endswith("-leader-election")]
     assert [r["metadata"]["namespace"] for r in operator_roles] == (
         [job_ns] if mode == "namespaced" else []
     )
+    # The Lease's Role is the release namespace's in either mode.
+    assert [r["metadata"]["namespace"] for r in roles if r not in operator_roles] == [release_ns]
     # The test hook's Pod is admitted only once its ServiceAccount exists, as when
     # `helm test` creates the hooks in weight order: create that one for real (the
     # namespace goes away after the test).
@@ -224,6 +274,8 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     ("values", "message"),
     [
         ({"replicas": 2}, "additional properties 'replicas' not allowed"),
+        ({"replicaCount": 0}, "/replicaCount"),
+        ({"leaderElection": {"leaseDuration": 15}}, "/leaderElection"),
         ({"metrics": {"serviceMonitor": {"intervall": "1m"}}}, "'intervall' not allowed"),
         ({"metricsPort": "8080"}, "got string, want integer"),
         ({"logLevel": "TRACE"}, "/logLevel"),
@@ -286,14 +338,26 @@ def test_install_reconciles_in_cluster_then_upgrade_and_uninstall_leave_nothing(
         assert granted(kubectl, service_account, release_ns) == {
             **OPERATOR_RULES,
             **CLUSTER_RULES,
+            **LEASE_RULES,
         }
+        lease = f"leases/{release}-llmjob-operator"
+        assert can_i(kubectl, service_account, "update", lease, "-n", release_ns)
+        assert not can_i(kubectl, service_account, "update", "leases/another", "-n", release_ns)
+        assert not can_i(kubectl, service_account, "get", "leases", "-n", job_ns)
+        # The one pod leads: the Lease names it (client-go's identity: pod name + suffix).
+        holder = (
+            client.CoordinationV1Api(api_client)
+            .read_namespaced_lease(f"{release}-llmjob-operator", release_ns)
+            .spec.holder_identity
+        )
+        assert holder.startswith(f"{pod.metadata.name}_")
         for namespace in (job_ns, release_ns, "kube-system"):
             for verb in ("get", "list", "watch"):
                 assert not can_i(kubectl, service_account, verb, "secrets", "-n", namespace)
         assert not can_i(kubectl, service_account, "list", "namespaces")
         assert not can_i(kubectl, service_account, "update", "llmtrainingjobs", "-n", job_ns)
 
-        # Upgrade to namespaced mode: the operator is replaced (Recreate: never two), and
+        # Upgrade to namespaced mode: the operator is replaced (one pod at a time, no surge), and
         # its cluster-wide role and binding go; the Role in the watched namespace replaces them.
         helm.run(
             "upgrade", release, str(CHART), "-n", release_ns,
@@ -308,7 +372,7 @@ def test_install_reconciles_in_cluster_then_upgrade_and_uninstall_leave_nothing(
         fullname = f"{release}-llmjob-operator"
         cluster_roles = kubectl_json(kubectl, "get", "clusterroles,clusterrolebindings")["items"]
         assert fullname not in {o["metadata"]["name"] for o in cluster_roles}
-        assert granted(kubectl, service_account, release_ns) == {}
+        assert granted(kubectl, service_account, release_ns) == LEASE_RULES
         assert granted(kubectl, service_account, job_ns) == OPERATOR_RULES
         jobs.create(standin_job("second", venv_bin, standin={"steps": 2}))
         jobs.wait_phase("second", "Succeeded", timeout=180)
@@ -361,9 +425,9 @@ def test_namespaced_install_is_confined_to_its_namespaces(
     values = operator_values(watchNamespaces=[watched], rbac={"create": True, "userRoles": False})
     with installed(helm, release, release_ns, values):
         assert granted(kubectl, service_account, watched) == OPERATOR_RULES
-        # Nothing anywhere else, not even in its own namespace or cluster-wide.
+        # Nothing anywhere else, nor cluster-wide; in its own namespace, only its Lease.
         assert granted(kubectl, service_account, other) == {}
-        assert granted(kubectl, service_account, release_ns) == {}
+        assert granted(kubectl, service_account, release_ns) == LEASE_RULES
         assert not can_i(kubectl, service_account, "list", "customresourcedefinitions")
         assert not can_i(kubectl, service_account, "list", "llmtrainingjobs", "-A")
         assert not can_i(kubectl, service_account, "list", "pods", "-A")

@@ -366,7 +366,9 @@ def test_operator_metrics_report_startup_and_restarts(
     assert samples["llmjob_operator_job_startup_seconds_count"] >= 1
     assert samples["llmjob_operator_job_recovery_seconds_count"] >= 1
     assert samples["llmjob_operator_fault_detection_seconds_count"] >= 1
-    assert samples["llmjob_operator_reconcile_duration_seconds_count"] > 0
+    assert samples['llmjob_operator_reconcile_duration_seconds_count{outcome="ok"}'] > 0
+    assert samples["llmjob_operator_leader"] == 1
+    assert samples["llmjob_operator_workqueue_queue_duration_seconds_count"] > 0
     assert 'llmjob_operator_jobs{phase="Succeeded"}' in samples
 
 

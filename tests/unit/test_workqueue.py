@@ -74,3 +74,17 @@ def test_dropped_key_keeps_no_timer() -> None:
     clock.now += 5
     assert ready_keys(queue) == []
     assert queue.failures("gone") == 0
+
+
+def test_queue_latency_is_observed_from_ready_to_taken() -> None:
+    clock = Clock()
+    waited: list[float] = []
+    queue: WorkQueue[str] = WorkQueue(clock=clock, observe_latency=waited.append)
+    queue.add("a")
+    queue.add_after("b", 5)
+    clock.now += 2
+    assert queue.get(timeout=0) == "a"
+    clock.now += 4
+    assert queue.get(timeout=0) == "b"
+    # "b" was ready only once its deadline passed (at 5 s), taken at 6 s.
+    assert waited == [2.0, 1.0]
