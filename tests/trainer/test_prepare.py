@@ -35,7 +35,7 @@ def test_the_output_is_the_byte_encoding_whatever_the_number_of_workers(tmp_path
     expected_val = [t for i, d in enumerate(DOCS) if i % 4 == 3 for t in byte_encoder(d)]
     for workers in (1, 3):
         out = tmp_path / f"out{workers}"
-        counts = prepare([corpus], out, None, 0.25, None, jsonl_field="content", workers=workers)
+        counts = prepare([corpus], out, None, 0.25, None, text_field="content", workers=workers)
         assert tokens(out / "train.bin") == expected_train
         assert tokens(out / "val.bin") == expected_val
         assert counts == {"train": len(expected_train), "val": len(expected_val)}
