@@ -60,6 +60,7 @@ def test_zero3_buckets_follow_the_models_width_unless_the_user_sets_them() -> No
         "reduce_bucket_size": 589_824,  # 768^2
         "stage3_prefetch_bucket_size": 530_841,  # 0.9 x 768^2, rounded down
         "stage3_param_persistence_threshold": 7_680,  # 10 x 768
+        "sub_group_size": 5_898_240,  # 10 x 768^2
     }
     user = {"zero_optimization": {"reduce_bucket_size": 5e8, "overlap_comm": True}}
     ds = deepspeed_config(zero3, 4, user, hidden_size=2048)
@@ -69,6 +70,7 @@ def test_zero3_buckets_follow_the_models_width_unless_the_user_sets_them() -> No
         "overlap_comm": True,
         "stage3_prefetch_bucket_size": 3_774_873,
         "stage3_param_persistence_threshold": 20_480,
+        "sub_group_size": 41_943_040,
     }
     # Without a width (the operator's rendering) or below ZeRO-3: DeepSpeed's defaults.
     assert deepspeed_config(zero3, 4)["zero_optimization"] == {"stage": 3}
