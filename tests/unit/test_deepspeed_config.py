@@ -1,4 +1,4 @@
-"""The generated DeepSpeed config: fp32 reduction under bf16, and the passthrough's allow list."""
+"""The generated DeepSpeed config: fp32 reduction under bf16, ZeRO-3 buckets, the allow list."""
 
 import json
 import re
