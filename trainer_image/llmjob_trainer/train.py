@@ -304,9 +304,8 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
         )  # fmt: skip
     try:
         training.check_world_size(world_size)
-        ds_config = deepspeed_config(
-            training, world_size, user_deepspeed, hidden_size=hidden_size_of(run.model)
-        )
+        width = hidden_size_of(run.model) if training.zero_stage == 3 else None
+        ds_config = deepspeed_config(training, world_size, user_deepspeed, hidden_size=width)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     if resume is not None and resume.universal:
