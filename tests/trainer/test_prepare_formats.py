@@ -1,6 +1,8 @@
 """llmjob-prepare reads Parquet files and saved Hugging Face datasets as JSONL's equals."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,6 +12,8 @@ from datasets import Dataset, DatasetDict
 
 from llmjob_trainer.errors import DataError
 from llmjob_trainer.prepare import main, prepare
+
+from .conftest import trainer_env
 
 # Unicode, an empty document and one far longer than the rest: what must survive each format.
 DOCS = [f"document {i}: " + "héllo wörld ß " * (i % 9) for i in range(60)] + ["", "x" * 5000]
@@ -67,3 +71,32 @@ def test_a_missing_or_non_text_column_is_an_error_naming_it(tmp_path: Path) -> N
         prepare([both], tmp_path / "out", None, 0.0, None)
     # The command line says which column, and exits 3 (unreadable data).
     assert main([str(parquet), "--out", str(tmp_path / "cli"), "--text-field", "body"]) == 3
+
+
+# VmHWM, not ru_maxrss: the latter survives exec, so a child's starts at its parent's size.
+PREPARE_PEAK = """
+import re, sys
+from pathlib import Path
+from llmjob_trainer.prepare import prepare
+prepare([Path(sys.argv[1])], Path(sys.argv[2]), None, 0.01, None, workers=2)
+print(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+"""
+
+
+def test_prepare_memory_from_parquet_stays_flat_as_the_corpus_grows(tmp_path: Path) -> None:
+    line = " ".join(["token", "corpus", "stream", "shard", "über", "ß"] * 40)
+    peaks = {}
+    for name, documents in {"small": 2_000, "large": 16_000}.items():  # ~3 MB, ~23 MB of text
+        corpus = tmp_path / f"{name}.parquet"
+        with pq.ParquetWriter(corpus, pa.schema([("text", pa.string())])) as writer:
+            for start in range(0, documents, 1000):  # a row group at a time
+                writer.write_table(pa.table({"text": [f"{start + i} {line}" for i in range(1000)]}))
+        result = subprocess.run(
+            [sys.executable, "-c", PREPARE_PEAK, str(corpus), str(tmp_path / name)],
+            env=trainer_env(), capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        peaks[name] = int(result.stdout)
+    # As for JSONL (test_prepare): 8x the rows may add at most 25% (or 16 MiB) to the peak;
+    # reading the whole column at once would add ~23 MB of text and more as Python strings.
+    assert peaks["large"] <= max(peaks["small"] * 1.25, peaks["small"] + 16 * 1024), peaks
+    print(f"prepare's peak RSS (KiB) from Parquet, ~3 MB and ~23 MB of text: {peaks}")
