@@ -27,14 +27,15 @@ HERE = Path(__file__).resolve().parent
 # "step 5/20 | loss ..." (llmjob-train) or "bare step 5 | ..." (the bare loop).
 STEP_DONE = re.compile(r"(?:^|\s)step (\d+)(?:/| \|)")
 WARMUP_STEPS = 5
+# Main's peak is VmHWM: ru_maxrss survives exec, so it would start at this script's size.
 PREPARE_PEAK = """
-import resource, sys, time
+import re, resource, sys, time
 from pathlib import Path
 from llmjob_trainer.prepare import prepare
 started = time.perf_counter()
 counts = prepare([Path(sys.argv[1])], Path(sys.argv[2]), None, 0.01, None, workers=int(sys.argv[3]))
 seconds = time.perf_counter() - started
-main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+main = re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)
 worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(sum(counts.values()), seconds, main, worker)
 """
