@@ -1,5 +1,7 @@
 """MFU's arithmetic, the device peak table, and the chunked loss: no process, no engine."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -7,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from llmjob_trainer.config import ModelConfig
 from llmjob_trainer.flops import compute_parameters, flops_per_token, peak_flops_per_second
 from llmjob_trainer.loss import chunked_cross_entropy
-from llmjob_trainer.model import build_model
+from llmjob_trainer.model import build_model, hidden_size_of
 from llmjob_trainer.presets import MODEL_PRESETS
 
 
@@ -124,3 +126,13 @@ def test_chunked_cross_entropy_is_the_mean_over_all_tokens() -> None:
     targets = torch.randint(0, 11, (2, 5))
     whole = torch.nn.functional.cross_entropy(head(hidden).flatten(0, 1), targets.flatten())
     torch.testing.assert_close(chunked_cross_entropy(hidden, head, targets, 3), whole)
+
+
+def test_the_width_that_sizes_zero3s_buckets_is_read_from_the_config_alone(tmp_path: Path) -> None:
+    assert hidden_size_of(ModelConfig(preset="gpt2-124m")) == 768  # GPT-2 calls it n_embd
+    assert hidden_size_of(ModelConfig(preset="llama-1b")) == 2048
+    assert hidden_size_of(ModelConfig(preset="tiny", config={"n_embd": 96})) == 96
+    preset = MODEL_PRESETS["tiny"]
+    AutoConfig.for_model(preset.model_type, **preset.config).save_pretrained(tmp_path)
+    assert hidden_size_of(ModelConfig(path=str(tmp_path))) == 64  # config.json, no weights
+    assert hidden_size_of(ModelConfig(path=str(tmp_path), config={"n_embd": 128})) == 128

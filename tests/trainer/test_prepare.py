@@ -35,7 +35,7 @@ def test_the_output_is_the_byte_encoding_whatever_the_number_of_workers(tmp_path
     expected_val = [t for i, d in enumerate(DOCS) if i % 4 == 3 for t in byte_encoder(d)]
     for workers in (1, 3):
         out = tmp_path / f"out{workers}"
-        counts = prepare([corpus], out, None, 0.25, None, jsonl_field="content", workers=workers)
+        counts = prepare([corpus], out, None, 0.25, None, text_field="content", workers=workers)
         assert tokens(out / "train.bin") == expected_train
         assert tokens(out / "val.bin") == expected_val
         assert counts == {"train": len(expected_train), "val": len(expected_val)}
@@ -91,12 +91,15 @@ def test_a_missing_tokenizer_is_a_configuration_error_and_model_path_wins(tmp_pa
     assert resolve_tokenizer(tmp_path / "train.bin", bytes_header, str(tmp_path)) == "bytes"
 
 
+# The main process's peak is its VmHWM: ru_maxrss survives exec, so this child's would
+# start at the size of the test process that started it. A worker's is ru_maxrss (at least
+# the main process's size when it was spawned, as the workers are its children).
 PREPARE_PEAK = """
-import resource, sys
+import re, resource, sys
 from pathlib import Path
 from llmjob_trainer.prepare import prepare
 prepare([Path(sys.argv[1])], Path(sys.argv[2]), None, 0.01, None, workers=2)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
 print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
 

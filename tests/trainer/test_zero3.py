@@ -34,7 +34,6 @@ def run_ranks(
     token_data: Path,
     trainers: list[Trainer],
     model: Mapping[str, object],
-    deepspeed: Mapping[str, object] | None = None,
     **training: Any,
 ) -> str:
     directory.mkdir()
@@ -42,8 +41,6 @@ def run_ranks(
     run = json.loads(config.read_text())
     run["model"] = dict(model)
     config.write_text(json.dumps(run))
-    if deepspeed is not None:  # llmjob-launch passes the ds_config.json beside the hostfile
-        (directory / "ds_config.json").write_text(json.dumps(dict(deepspeed)))
     hostfile = directory / "hostfile"
     hostfile.write_text(f"127.0.0.1 slots={WORLD}\n")
     command = launch_command(hostfile, config, "127.0.0.1", free_port())
@@ -57,22 +54,6 @@ def run_ranks(
     output = trainer.output()
     assert code == 0, output[-4000:]
     return output
-
-
-# ZeRO-3's buckets sized to the model as transformers' "auto" values do (width^2,
-# 0.9 width^2, 10 width), and at most a few layers gathered at once: DeepSpeed's defaults
-# (5e8-1e9 elements) are sized for billion-parameter models and exceed this whole model.
-WIDTH = BIG["n_embd"]
-BUCKETS = {
-    "zero_optimization": {
-        "reduce_bucket_size": WIDTH**2,
-        "stage3_prefetch_bucket_size": int(0.9 * WIDTH**2),
-        "stage3_param_persistence_threshold": 10 * WIDTH,
-        "stage3_max_live_parameters": 10 * WIDTH**2,
-        "stage3_max_reuse_distance": 10 * WIDTH**2,
-        "sub_group_size": 10 * WIDTH**2,  # the optimizer step's fp32 temporaries
-    }
-}
 
 
 def saved_model(directory: Path) -> str:
@@ -98,23 +79,25 @@ def test_zero3_peak_host_memory_per_rank_is_a_world_fraction_of_zero0s(
             gradientAccumulationSteps=1,
             warmupSteps=1,
             model={"preset": "tiny", "config": BIG},
-            deepspeed=BUCKETS if stage == 3 else None,
         )
         build, match = BUILD_PEAK.search(output), PEAK.search(output)
         assert build and match, output[-3000:]
         builds[stage], peaks[stage] = int(build.group(1)), int(match.group(1))
         parameters[stage] = PARAMETERS.search(output).group(1)  # type: ignore[union-attr]
     print(f"rank 0 host memory over its pre-model baseline: build {builds}, run {peaks} MB")
+    print(f"ZeRO-3/ZeRO-0: build {builds[3] / builds[0]:.3f}, run {peaks[3] / peaks[0]:.3f}")
     # The build: ZeRO-0 holds the whole fp32 model, ZeRO-3 its 1/world share. Tolerance
     # +-40% of 1/world (allocator slack, one module materialised before it is partitioned).
     build_ratio = builds[3] / builds[0]
     assert 0.6 / WORLD <= build_ratio <= 1.4 / WORLD, (builds, build_ratio)
     # The run (build, initialize, first step): ZeRO-0 holds 4 fp32 copies (weights,
     # gradients, two AdamW moments); DeepSpeed's ZeRO-3 keeps an fp32 master partition
-    # beside the parameter partition, so 5 copies / world. Same tolerance.
+    # beside the parameter partition, so 5 copies / world. With the trainer's default
+    # buckets and sub-groups (config.zero3_bucket_sizes) measured 0.68-0.72 against 0.625
+    # (1.02 with DeepSpeed's 1e9 sub-group); tolerance -20% / +25%.
     run_ratio = peaks[3] / peaks[0]
     expected = 5 / (4 * WORLD)
-    assert 0.6 * expected <= run_ratio <= 1.4 * expected, (peaks, run_ratio)
+    assert 0.8 * expected <= run_ratio <= 1.25 * expected, (peaks, run_ratio)
     assert parameters[3] == parameters[0]  # counted before partitioning
 
 

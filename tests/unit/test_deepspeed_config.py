@@ -1,4 +1,4 @@
-"""The generated DeepSpeed config: fp32 reduction under bf16, and the passthrough's allow list."""
+"""The generated DeepSpeed config: fp32 reduction under bf16, ZeRO-3 buckets, the allow list."""
 
 import json
 import re
@@ -50,6 +50,33 @@ def test_the_fp32_defaults_are_overridable() -> None:
     )
     assert ds["communication_data_type"] == "bf16"
     assert ds["data_types"] == {"grad_accum_dtype": "bf16"}
+
+
+def test_zero3_buckets_follow_the_models_width_unless_the_user_sets_them() -> None:
+    zero3 = TrainConfig(zero_stage=3)
+    ds = deepspeed_config(zero3, 4, hidden_size=768)
+    assert ds["zero_optimization"] == {
+        "stage": 3,
+        "reduce_bucket_size": 589_824,  # 768^2
+        "stage3_prefetch_bucket_size": 530_841,  # 0.9 x 768^2, rounded down
+        "stage3_param_persistence_threshold": 7_680,  # 10 x 768
+        "sub_group_size": 5_898_240,  # 10 x 768^2
+    }
+    user = {"zero_optimization": {"reduce_bucket_size": 5e8, "overlap_comm": True}}
+    ds = deepspeed_config(zero3, 4, user, hidden_size=2048)
+    assert ds["zero_optimization"] == {
+        "stage": 3,
+        "reduce_bucket_size": 5e8,
+        "overlap_comm": True,
+        "stage3_prefetch_bucket_size": 3_774_873,
+        "stage3_param_persistence_threshold": 20_480,
+        "sub_group_size": 41_943_040,
+    }
+    # Without a width (the operator's rendering) or below ZeRO-3: DeepSpeed's defaults.
+    assert deepspeed_config(zero3, 4)["zero_optimization"] == {"stage": 3}
+    for stage in (0, 1, 2):
+        ds = deepspeed_config(TrainConfig(zero_stage=stage), 4, hidden_size=768)
+        assert ds["zero_optimization"] == {"stage": stage}
 
 
 def test_allowed_keys_merge_over_the_generated_ones() -> None:

@@ -21,20 +21,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from llmjob_trainer.prepare import prepare
+from llmjob_trainer.prepare import TEXT_SUFFIXES, prepare, source_files
 
 HERE = Path(__file__).resolve().parent
 # "step 5/20 | loss ..." (llmjob-train) or "bare step 5 | ..." (the bare loop).
 STEP_DONE = re.compile(r"(?:^|\s)step (\d+)(?:/| \|)")
 WARMUP_STEPS = 5
+# Main's peak is VmHWM: ru_maxrss survives exec, so it would start at this script's size.
 PREPARE_PEAK = """
-import resource, sys, time
+import re, resource, sys, time
 from pathlib import Path
 from llmjob_trainer.prepare import prepare
 started = time.perf_counter()
 counts = prepare([Path(sys.argv[1])], Path(sys.argv[2]), None, 0.01, None, workers=int(sys.argv[3]))
 seconds = time.perf_counter() - started
-main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+main = re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)
 worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(sum(counts.values()), seconds, main, worker)
 """
@@ -105,23 +106,45 @@ def tokens_per_second(command: list[str], steps: int, tokens_per_step: int) -> f
     return tokens_per_step * (steps - WARMUP_STEPS) / seconds
 
 
+def stdlib_as_parquet(path: Path) -> Path:
+    """This Python's stdlib text files as one Parquet file, a row each (column "text"):
+    the same documents prepare reads from the directory, so the same tokens."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = [f for f in source_files(Path(os.__file__).parent) if f.suffix in TEXT_SUFFIXES]
+    schema = pa.schema([("text", pa.string())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, len(files), 256):
+            texts = [
+                f.read_text(encoding="utf-8", errors="replace") for f in files[start : start + 256]
+            ]
+            writer.write_table(pa.table({"text": texts}, schema=schema))
+    return path
+
+
 def bench_prepare(directory: Path) -> None:
-    """Tokens/s and peak memory of llmjob-prepare (byte-level) over this Python's stdlib."""
-    stdlib = Path(os.__file__).parent
-    for workers in (1, 2):
-        out = directory / f"prepared-{workers}"
-        result = subprocess.run(
-            [sys.executable, "-c", PREPARE_PEAK, str(stdlib), str(out), str(workers)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        tokens, seconds, main_kib, worker_kib = result.stdout.split()
-        print(
-            f"prepare (stdlib, byte-level, {workers} worker{'s' if workers > 1 else ''}): "
-            f"{int(tokens):,} tokens in {float(seconds):.1f} s = "
-            f"{int(tokens) / float(seconds):,.0f} tokens/s; peak RSS main "
-            f"{int(main_kib) / 1024:.0f} MiB, worker {int(worker_kib) / 1024:.0f} MiB",
-            flush=True,
-        )
+    """Tokens/s and peak memory of llmjob-prepare (byte-level) over this Python's stdlib,
+    read as files and as a Parquet file."""
+    sources = {
+        "stdlib": Path(os.__file__).parent,
+        "stdlib as Parquet": stdlib_as_parquet(directory / "stdlib.parquet"),
+    }
+    for name, source in sources.items():
+        for workers in (1, 2):
+            out = directory / f"prepared-{source.name}-{workers}"
+            result = subprocess.run(
+                [sys.executable, "-c", PREPARE_PEAK, str(source), str(out), str(workers)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            tokens, seconds, main_kib, worker_kib = result.stdout.split()
+            print(
+                f"prepare ({name}, byte-level, {workers} worker{'s' if workers > 1 else ''}): "
+                f"{int(tokens):,} tokens in {float(seconds):.1f} s = "
+                f"{int(tokens) / float(seconds):,.0f} tokens/s; peak RSS main "
+                f"{int(main_kib) / 1024:.0f} MiB, worker {int(worker_kib) / 1024:.0f} MiB",
+                flush=True,
+            )
 
 
 def main() -> None:

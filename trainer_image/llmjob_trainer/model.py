@@ -70,6 +70,25 @@ def build_model(
     return model
 
 
+def hidden_size_of(spec: ModelConfig) -> int | None:
+    """The model's width, read from its config alone (no weights), as Hugging Face's
+    DeepSpeed integration reads it: `hidden_size`, else the largest of `hidden_sizes`."""
+    try:
+        if spec.preset is not None:
+            preset = MODEL_PRESETS[spec.preset]
+            config = AutoConfig.for_model(preset.model_type, **{**preset.config, **spec.config})
+        else:
+            source = spec.path or spec.hub_id
+            assert source is not None  # ModelConfig requires exactly one source
+            config = AutoConfig.from_pretrained(source, **spec.config)
+    except (OSError, TypeError, ValueError) as err:
+        raise ConfigError(f"cannot read the config of model {_describe(spec)}: {err}") from err
+    width = getattr(config, "hidden_size", None)
+    if width is None and getattr(config, "hidden_sizes", None):
+        width = max(config.hidden_sizes)
+    return int(width) if width is not None else None
+
+
 class ZeRO3Config:
     """What transformers asks of the DeepSpeed config while it builds a model under ZeRO-3.
 

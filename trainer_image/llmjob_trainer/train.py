@@ -73,7 +73,7 @@ from llmjob_trainer.flops import (
 )
 from llmjob_trainer.memory import device_memory_bytes, peak_rss_bytes, reset_peak_rss
 from llmjob_trainer.metrics import TrainerMetrics
-from llmjob_trainer.model import TRAINING_DTYPES, build_model, vocab_size
+from llmjob_trainer.model import TRAINING_DTYPES, build_model, hidden_size_of, vocab_size
 
 log = logging.getLogger("llmjob.train")
 
@@ -304,7 +304,8 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
         )  # fmt: skip
     try:
         training.check_world_size(world_size)
-        ds_config = deepspeed_config(training, world_size, user_deepspeed)
+        width = hidden_size_of(run.model) if training.zero_stage == 3 else None
+        ds_config = deepspeed_config(training, world_size, user_deepspeed, hidden_size=width)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     if resume is not None and resume.universal:
