@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -132,9 +133,10 @@ def test_operator_killed_mid_job_and_mid_restart_keeps_one_gang_and_the_budget(
         spec = trainer_job("adopted", failurePolicy={"backoffSeconds": 15, "maxRestarts": 2})
         trainer_jobs.create(spec)
         wait_for_step(trainer_jobs, "adopted", 10)
-        kill_operator(e2e_operator)
         (rank,) = trainer_ranks(trainer_jobs.namespace, "adopted-worker-0")
-        os.kill(rank, signal.SIGKILL)
+        # The rank dies while no operator runs: the one that comes back (after waiting out its
+        # predecessor's Lease) finds the failed gang.
+        kill_operator(e2e_operator, then=lambda: os.kill(rank, signal.SIGKILL))
         restarting = trainer_jobs.wait_phase("adopted", "Restarting", timeout=300)
         assert restarting["restarts"] == 1
         kill_operator(e2e_operator)
@@ -146,13 +148,15 @@ def test_operator_killed_mid_job_and_mid_restart_keeps_one_gang_and_the_budget(
     assert gang.overlaps == [], "two attempts' pods were alive at once"
 
 
-def kill_operator(operator: Operator) -> None:
-    """SIGKILL the operator's process (a crash); its Deployment brings a new one."""
+def kill_operator(operator: Operator, then: Callable[[], None] = lambda: None) -> None:
+    """SIGKILL the operator's process (a crash), do `then` while it is down, and return once
+    its Deployment has brought a new one."""
     old = operator.pod()
     pids = operator_processes(old.metadata.name)
     assert pids, f"no process of {old.metadata.name} found"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
+    then()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
