@@ -551,7 +551,7 @@ class RunPolicy(ApiModel):
         default=None,
         ge=1,
         description="Fail the job (DeadlineExceeded) after this much running time; time "
-        "suspended does not count.",
+        "suspended or queued for a queue's admission (Kueue) does not count.",
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Delete the job this long after it succeeds or fails."
@@ -1062,6 +1062,11 @@ class LLMTrainingJobStatus(ApiModel):
     )
     suspended_seconds: int = Field(
         default=0, description="Seconds spent suspended; not counted by activeDeadlineSeconds."
+    )
+    queued_seconds: int = Field(
+        default=0,
+        description="Seconds gangs waited for a queue's admission (condition Queued) before the "
+        "current wait; not counted by activeDeadlineSeconds.",
     )
     gang_workers: int | None = Field(
         default=None,

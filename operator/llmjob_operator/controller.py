@@ -21,7 +21,15 @@ from llmjob_operator import metrics
 from llmjob_operator.api import LLMTrainingJobStatus, explain_validation_error, validate_job
 from llmjob_operator.kube import ConflictError, ForeignObjectError, GoneError, Kube
 from llmjob_operator.leader import NotLeaderError
-from llmjob_operator.observe import NodeHealth, Observed, WorkerState, parse_time, worker_state
+from llmjob_operator.observe import (
+    NodeHealth,
+    Observed,
+    QueueVerdict,
+    WorkerState,
+    kueue_verdict,
+    parse_time,
+    worker_state,
+)
 from llmjob_operator.policy import set_condition
 from llmjob_operator.progress import ProgressReader, Target
 from llmjob_operator.reconcile import (
@@ -41,6 +49,7 @@ from llmjob_operator.render import (
     JobRef,
     RenderSettings,
     claim_name,
+    pod_group_name,
     render,
 )
 from llmjob_operator.settings import OperatorSettings
@@ -50,6 +59,8 @@ log = logging.getLogger(__name__)
 RECONCILE_ERROR_CONDITION = "ReconcileError"
 # Node reads are shared by every job on the node for this long.
 NODE_HEALTH_TTL_SECONDS = 5.0
+# A Queued gang's Workload is read at most this often (reconcile.QUEUE_READ_SECONDS wakes it).
+QUEUE_VERDICT_TTL_SECONDS = 25.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,30 @@ class NodeHealthCache:
         return health
 
 
+class QueueVerdictCache:
+    """Reads Kueue's Workload only for Queued gangs, and each at most once per TTL."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], tuple[float, QueueVerdict | None]] = {}
+
+    def verdict(self, kube: Kube, namespace: str, workload: str) -> QueueVerdict | None:
+        key = (namespace, workload)
+        with self._lock:
+            cached = self._seen.get(key)
+        if cached is not None and time.monotonic() - cached[0] < QUEUE_VERDICT_TTL_SECONDS:
+            return cached[1]
+        body = kube.kueue_workload(namespace, workload)
+        verdict = kueue_verdict(body) if body is not None else None
+        with self._lock:
+            self._seen[key] = (time.monotonic(), verdict)
+        return verdict
+
+    def forget(self, namespace: str, workload: str) -> None:
+        with self._lock:
+            self._seen.pop((namespace, workload), None)
+
+
 class Controller:
     def __init__(
         self,
@@ -92,6 +127,7 @@ class Controller:
         self.instance = instance
         self.progress = progress_reader
         self.nodes = NodeHealthCache()
+        self.queues = QueueVerdictCache()
         self.render_settings = RenderSettings(default_image=settings.default_image)
 
     def reconcile(self, kube: Kube, key: JobKey) -> Outcome:
@@ -169,7 +205,7 @@ class Controller:
             status=status,
         )
         observed = self._observe(
-            kube, key, status, job.spec.metrics_port, claim_name(ref, job.spec), now
+            kube, ref, status, job.spec.metrics_port, claim_name(ref, job.spec), now
         )
         settings = self.render_settings
         result = plan(
@@ -182,12 +218,13 @@ class Controller:
     def _observe(
         self,
         kube: Kube,
-        key: JobKey,
+        ref: JobRef,
         status: LLMTrainingJobStatus,
         metrics_port: int,
         claim: str,
         now: datetime,
     ) -> Observed:
+        key = (ref.namespace, ref.name)
         owned = self.store.owned(key)
         workers = [w for b in owned if b["kind"] == "Pod" and (w := worker_state(b)) is not None]
         supporting = [b for b in owned if b["kind"] != "Pod"]
@@ -214,7 +251,20 @@ class Controller:
             applied_hashes=hashes,
             progress=self.progress.latest(key, status.attempt),
             node_health=self._node_health(kube, status, workers, now),
+            queue_verdict=self._queue_verdict(kube, ref, status),
         )
+
+    def _queue_verdict(
+        self, kube: Kube, ref: JobRef, status: LLMTrainingJobStatus
+    ) -> QueueVerdict | None:
+        """Kueue's reason for a Queued gang, read only while it is Queued."""
+        if ref.queue_name is None or status.attempt == 0:
+            return None
+        workload = pod_group_name(ref, status.attempt)
+        if status.phase != "Queued":
+            self.queues.forget(ref.namespace, workload)
+            return None
+        return self.queues.verdict(kube, ref.namespace, workload)
 
     def _node_health(
         self, kube: Kube, status: LLMTrainingJobStatus, workers: list[WorkerState], now: datetime

@@ -24,6 +24,9 @@ FIELD_MANAGER = "llmjob-operator"
 REPORTING_COMPONENT = "llmjob-operator"
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
+# Kueue's storage version since v0.15 (v1beta1 is still served).
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSION = "v1beta2"
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +430,26 @@ class Kube:
             raise
         version: str = _json(response)["metadata"]["resourceVersion"]
         return version
+
+    def kueue_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """Kueue's Workload of a pod group (Kueue names it after the group). None where there is
+        none or it may not be read: its message is a courtesy to the user, never a dependency."""
+        try:
+            return cast(
+                dict[str, Any],
+                self._read(
+                    self.custom.get_namespaced_custom_object,
+                    KUEUE_GROUP,
+                    KUEUE_VERSION,
+                    namespace,
+                    "workloads",
+                    name,
+                ),
+            )
+        except ApiException as error:
+            if error.status in (403, 404):
+                return None
+            raise
 
     # -- the job -----------------------------------------------------------------------
 

@@ -176,6 +176,31 @@ class TrainerProgress:
 
 
 @dataclass(frozen=True)
+class QueueVerdict:
+    """Why the queue has not admitted the gang yet, in the queue's own words (Kueue's)."""
+
+    reason: str
+    message: str
+
+
+def kueue_verdict(workload: dict[str, Any]) -> QueueVerdict | None:
+    """The first of Kueue's Workload conditions that holds the gang back: no quota reserved
+    (the ClusterQueue is full, or preemption is on its way), then admission checks pending.
+    None once admitted, or while Kueue has not looked at the Workload yet."""
+    conditions = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
+    for type_ in ("QuotaReserved", "Admitted"):
+        condition = conditions.get(type_)
+        if condition is None:
+            return None
+        if condition.get("status") != "True":
+            return QueueVerdict(
+                reason=str(condition.get("reason") or type_),
+                message=str(condition.get("message") or ""),
+            )
+    return None
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything plan() looks at besides the job's own spec and status."""
 
@@ -187,6 +212,8 @@ class Observed:
     """The latest read of rank 0's /metrics for the current attempt (None: none yet)."""
     node_health: dict[str, NodeHealth] = field(default_factory=dict)
     """Health of the nodes of workers stuck terminating (read only for those)."""
+    queue_verdict: QueueVerdict | None = None
+    """The queue's reason for not admitting a Queued gang yet (read only while Queued)."""
 
 
 def node_health(node: dict[str, Any]) -> NodeHealth:

@@ -43,6 +43,8 @@ CHECKPOINT_FALLBACK_CONDITION = "CheckpointFallback"
 # The Restarting reason of a restart onto fewer workers (failurePolicy.onNodeLoss).
 GANG_SHRUNK = "GangShrunk"
 QUEUED_CONDITION = "Queued"
+# How often a Queued gang's queue verdict (Kueue's Workload conditions) is read again.
+QUEUE_READ_SECONDS = 30.0
 # How soon to look again while waiting for pods to go away (their events also wake us).
 TEARDOWN_POLL_SECONDS = 2.0
 
@@ -320,7 +322,7 @@ class _Planner:
         if deadline is None or self.status.start_time is None:
             return False
         suspended = self.status.suspended_seconds + self.seconds_since(self.status.suspend_time)
-        active = self.seconds_since(self.status.start_time) - suspended
+        active = self.seconds_since(self.status.start_time) - suspended - self.queued_seconds()
         if active >= deadline:
             self.finish(
                 "Failed",
@@ -328,9 +330,24 @@ class _Planner:
                 f"the job ran {int(active)}s, past runPolicy.activeDeadlineSeconds ({deadline}s)",
             )
             return True
-        if self.status.suspend_time is None:
+        if self.status.suspend_time is None and not self.condition_is(QUEUED_CONDITION):
             self.wake_in(deadline - active)
         return False
+
+    def queued_seconds(self) -> float:
+        """Seconds the job's gangs waited for a queue's admission, the current wait included:
+        like suspension, not counted by activeDeadlineSeconds (a queued gang holds nothing)."""
+        return self.status.queued_seconds + self.current_queue_wait()
+
+    def current_queue_wait(self) -> float:
+        queued = next((c for c in self.status.conditions if c.type == QUEUED_CONDITION), None)
+        if queued is None or queued.status != "True":
+            return 0.0
+        return self.seconds_since(queued.last_transition_time)
+
+    def leave_queue(self, reason: str, message: str) -> None:
+        self.update(queued_seconds=int(self.queued_seconds()))
+        self.condition(QUEUED_CONDITION, False, reason, message)
 
     def suspend(self) -> None:
         if self.status.phase != "Suspended":
@@ -608,11 +625,19 @@ class _Planner:
                 f"wait for admission{queue} (scheduling gate {gates})"
             )
             self.transition("Queued", "Queued", message)
-            self.condition(QUEUED_CONDITION, True, "SchedulingGated", message)
+            verdict = self.observed.queue_verdict
+            if verdict is None:
+                self.condition(QUEUED_CONDITION, True, "SchedulingGated", message)
+            else:
+                detail = f"{message}: {verdict.message}"
+                self.condition(QUEUED_CONDITION, True, verdict.reason, detail)
+            if self.job.ref.queue_name:
+                # The queue's reason changes without any pod changing: look again now and then.
+                self.wake_in(QUEUE_READ_SECONDS)
             return True
         if self.condition_is(QUEUED_CONDITION):
             message = f"attempt {self.status.attempt} admitted: no scheduling gate left"
-            self.condition(QUEUED_CONDITION, False, "Admitted", message)
+            self.leave_queue("Admitted", message)
             if self.status.phase == "Queued":
                 self.transition("Pending", "Admitted", message)
         return False
@@ -871,7 +896,7 @@ class _Planner:
         if self.status.phase != "Queued" and self.condition_is(QUEUED_CONDITION):
             # Suspended, restarted or finished while queued: the queued gang is gone.
             phase = self.status.phase or "Pending"
-            self.condition(QUEUED_CONDITION, False, phase, f"the job is {phase}")
+            self.leave_queue(phase, f"the job is {phase}")
         self.count_workers()
         return Plan(
             status=self.status,

@@ -6,7 +6,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from llmjob_operator.api import Condition, LLMTrainingJobSpec, LLMTrainingJobStatus
-from llmjob_operator.observe import NodeHealth, Observed, TrainerProgress, WorkerState
+from llmjob_operator.observe import (
+    NodeHealth,
+    Observed,
+    QueueVerdict,
+    TrainerProgress,
+    WorkerState,
+)
 from llmjob_operator.reconcile import (
     ApplyObject,
     DeleteJob,
@@ -66,10 +72,12 @@ def run(
     progress: TrainerProgress | None = None,
     supporting: frozenset[str] = SUPPORTING,
     node_health: dict[str, NodeHealth] | None = None,
+    ref: JobRef = REF,
+    queue_verdict: QueueVerdict | None = None,
 ) -> Plan:
     the_spec = job_spec or spec()
     view = JobView(
-        ref=REF,
+        ref=ref,
         generation=3,
         created=ago(600),
         spec=the_spec,
@@ -88,8 +96,9 @@ def run(
         applied_hashes={k: v for k, v in hashes.items() if k in supporting},
         progress=progress,
         node_health=node_health or {},
+        queue_verdict=queue_verdict,
     )
-    return plan(view, lambda s, attempt: render(REF, s, settings, attempt), observed, NOW)
+    return plan(view, lambda s, attempt: render(ref, s, settings, attempt), observed, NOW)
 
 
 def created_pods(result: Plan) -> list[dict[str, Any]]:

@@ -3,10 +3,16 @@ condition, no start-up clock running, and one status write per change."""
 
 from typing import Any
 
-from llmjob_operator.observe import worker_state
-from llmjob_operator.reconcile import QUEUED_CONDITION, DeletePod, Plan, status_write_due
-from llmjob_operator.render import KUEUE_ADMISSION_GATE
-from tests.unit.test_reconcile import NOW, ago, run, running_status, spec, worker
+from llmjob_operator.observe import QueueVerdict, kueue_verdict, worker_state
+from llmjob_operator.reconcile import (
+    QUEUE_READ_SECONDS,
+    QUEUED_CONDITION,
+    DeletePod,
+    Plan,
+    status_write_due,
+)
+from llmjob_operator.render import KUEUE_ADMISSION_GATE, JobRef
+from tests.unit.test_reconcile import NOW, REF, ago, run, running_status, spec, worker
 
 GATED: dict[str, Any] = {"scheduling_gates": (KUEUE_ADMISSION_GATE,), "started": False}
 
@@ -129,3 +135,68 @@ def test_a_gang_kueue_preempts_restarts_uncounted_as_preempted_keeping_its_grace
     # Every rank is healthy: the survivor keeps its own grace to commit a checkpoint.
     (survivor,) = [a for a in result.actions if isinstance(a, DeletePod)]
     assert (survivor.name, survivor.grace_seconds) == ("j-worker-0", None)
+
+
+def test_time_queued_does_not_count_against_the_active_deadline() -> None:
+    deadline = spec(runPolicy={"activeDeadlineSeconds": 300})
+    gang = [worker(i, "Pending", **GATED) for i in range(2)]
+    # Started 500 s ago and queued since 400 s ago: 100 s active, no wake-up while queued.
+    queued_since_400 = {
+        "type": QUEUED_CONDITION,
+        "status": "True",
+        "reason": "SchedulingGated",
+        "lastTransitionTime": ago(400).isoformat(),
+    }
+    waiting = pending(startTime=ago(500).isoformat(), conditions=[queued_since_400])
+    queued = run(status=waiting, workers=gang, job_spec=deadline)
+    assert queued.status.phase == "Queued"
+    assert queued.requeue_after is None
+    # Admitted now: the 400 s wait is kept, 200 s of the deadline are left.
+    admitted = run(status=waiting, workers=[worker(0), worker(1)], job_spec=deadline)
+    assert admitted.status.phase == "Running"
+    assert admitted.status.queued_seconds == 400
+    assert queued_condition(admitted).status == "False"
+    later = admitted.status.model_dump(mode="json", by_alias=True)
+    running = run(status=later, workers=[worker(0), worker(1)], job_spec=deadline)
+    assert running.status.phase == "Running"
+    assert running.requeue_after is not None and running.requeue_after <= 200
+    # The same job without the queued time is past its deadline.
+    failed = run(status={**later, "queuedSeconds": 0}, workers=[worker(0)], job_spec=deadline)
+    assert failed.status.phase == "Failed"
+    reason = next(c for c in failed.status.conditions if c.type == "Failed").reason
+    assert reason == "DeadlineExceeded"
+
+
+def test_kueues_reason_for_holding_a_group_is_read_from_its_workload_conditions() -> None:
+    def workload(*conditions: dict[str, str]) -> dict[str, Any]:
+        return {"status": {"conditions": list(conditions)}}
+
+    full = {
+        "type": "QuotaReserved",
+        "status": "False",
+        "reason": "Pending",
+        "message": "couldn't assign flavors to pod set main: insufficient unused quota for "
+        "nvidia.com/gpu in flavor default, 2 more needed",
+    }
+    assert kueue_verdict(workload(full)) == QueueVerdict("Pending", full["message"])
+    reserved = {"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved"}
+    checks = {"type": "Admitted", "status": "False", "reason": "NoChecks", "message": "waiting"}
+    assert kueue_verdict(workload(reserved, checks)) == QueueVerdict("NoChecks", "waiting")
+    admitted = {"type": "Admitted", "status": "True", "reason": "Admitted"}
+    assert kueue_verdict(workload(reserved, admitted)) is None
+    # Not looked at by Kueue yet: no verdict rather than a made-up one.
+    assert kueue_verdict(workload()) is None
+
+
+def test_a_queued_gang_shows_the_queues_reason_and_looks_again_later() -> None:
+    queued_ref = JobRef(name="j", namespace="ns", uid="u", queue_name="team-a")
+    gang = [worker(i, "Pending", **GATED) for i in range(2)]
+    verdict = QueueVerdict("Pending", "insufficient unused quota for nvidia.com/gpu")
+    result = run(status=pending(), workers=gang, ref=queued_ref, queue_verdict=verdict)
+    condition = queued_condition(result)
+    assert (condition.status, condition.reason) == ("True", "Pending")
+    assert "in queue team-a" in condition.message
+    assert condition.message.endswith(": insufficient unused quota for nvidia.com/gpu")
+    assert result.requeue_after == QUEUE_READ_SECONDS
+    # Without a queue label nothing is read again: the gate's lifting wakes the job.
+    assert run(status=pending(), workers=gang, ref=REF).requeue_after is None

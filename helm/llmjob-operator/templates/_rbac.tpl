@@ -30,6 +30,10 @@ kopf needs for on.event handlers. No Secrets, no wildcards, no update of specs.
 - apiGroups: ["scheduling.x-k8s.io", "scheduling.volcano.sh"]
   resources: ["podgroups"]
   verbs: ["get", "create", "patch"]
+# Kueue's Workload of a Queued gang, read for its reason (the Queued condition's message).
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get"]
 # The operator's and kopf's events about jobs.
 - apiGroups: [""]
   resources: ["events"]
