@@ -178,8 +178,10 @@ def test_suspend_checkpoints_on_sigterm_and_resume_continues_from_there_on_fewer
     trainer_jobs: Jobs,
 ) -> None:
     """Suspended, its `workers` edited from 2 to 1, resumed: the one-worker gang resumes the
-    two-worker SIGTERM commit through DeepSpeed's universal format (an elastic resume)."""
-    trainer_jobs.create(trainer_job("paused"))
+    two-worker SIGTERM commit through DeepSpeed's universal format (an elastic resume). With
+    globalBatchSize set, the edit doubles the gradient accumulation that keeps it."""
+    global_batch = {**TRAINING, "globalBatchSize": 2 * TRAINING["microBatchSize"]}
+    trainer_jobs.create(trainer_job("paused", training=global_batch))
     wait_for_step(trainer_jobs, "paused", CHECKPOINT_INTERVAL + 3)
     trainer_jobs.patch_spec("paused", {"runPolicy": {"suspend": True}})
     trainer_jobs.wait_phase("paused", "Suspended", timeout=120)
@@ -190,7 +192,14 @@ def test_suspend_checkpoints_on_sigterm_and_resume_continues_from_there_on_fewer
     steps = committed_steps(checkpoint_dir(trainer_jobs, "paused"))
     sigterm_step = steps[-1]
     assert sigterm_step % CHECKPOINT_INTERVAL != 0, f"no SIGTERM checkpoint: {steps}"
-    trainer_jobs.patch_spec("paused", {"workers": 1, "runPolicy": {"suspend": False}})
+    trainer_jobs.patch_spec(
+        "paused",
+        {
+            "workers": 1,
+            "training": {"gradientAccumulationSteps": 2},
+            "runPolicy": {"suspend": False},
+        },
+    )
     trainer_jobs.wait("paused", lambda s: s.get("attempt") == 2, timeout=120)
     assert len(trainer_jobs.pods("paused")) == 1
     done = trainer_jobs.wait_phase("paused", "Succeeded", timeout=600)

@@ -25,10 +25,10 @@ from llmjob_trainer.checkpoint import (
     run_id_from,
     stale,
 )
-from llmjob_trainer.config import TrainConfig, checkpoint_tag
+from llmjob_trainer.config import RunConfig, TrainConfig, checkpoint_tag
 from llmjob_trainer.durable import FileRecord, file_crc32, publish, rename_replaces, write_durably
 from llmjob_trainer.errors import ConfigError
-from llmjob_trainer.train import lr_at, schedule_change_problem
+from llmjob_trainer.train import batch_change_problem, lr_at, schedule_change_problem
 from llmjob_trainer.writer import host_copy
 
 
@@ -116,6 +116,30 @@ def test_gradient_accumulation_keeps_the_global_batch_or_says_why_not() -> None:
     assert accumulation_for(12, micro_batch_size=2, world_size=2) == 3
     with pytest.raises(ConfigError, match="does not divide"):
         accumulation_for(12, micro_batch_size=2, world_size=4)
+
+
+def test_the_batch_shape_is_checked_as_the_global_batch_not_hashed() -> None:
+    def run(**training: Any) -> RunConfig:
+        return RunConfig.model_validate(
+            {
+                "model": {"preset": "tiny"},
+                "data": {"path": "/d/tokens.bin"},
+                "checkpoint": {"dir": "/c"},
+                "training": {"microBatchSize": 2, "seqLen": 64, **training},
+            }
+        )
+
+    two_ranks = run(gradientAccumulationSteps=2, globalBatchSize=8)
+    # workers 2 -> 1 with globalBatchSize set: the API asks for accumulation 4 with it.
+    one_rank = run(gradientAccumulationSteps=4, globalBatchSize=8)
+    assert one_rank.config_hash() == two_ranks.config_hash()
+    assert one_rank.legacy_config_hash() != two_ranks.legacy_config_hash()
+    assert run(seqLen=128).config_hash() != run().config_hash()
+    # What the hash no longer covers is checked for what it means.
+    assert batch_change_problem(8, 2, two_ranks.training, 2) is None
+    assert batch_change_problem(8, 2, one_rank.training, 1) is None  # accumulation follows
+    doubled = batch_change_problem(8, 2, one_rank.training, 2)
+    assert doubled is not None and "global batch of 8" in doubled and "is 16" in doubled
 
 
 def test_which_resumes_with_another_max_steps_are_exact() -> None:

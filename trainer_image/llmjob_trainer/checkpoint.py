@@ -402,6 +402,8 @@ class Checkpointer:
     samples_per_step: int
     max_steps: int
     asynchronous: bool
+    legacy_config_hash: str | None = None
+    """Also accepted at resume: the hash older checkpoints of this config were committed under."""
     fallbacks: list[tuple[int, str]] = field(default_factory=list)
     pending: PendingCommit | None = None
     rename_works: bool = True
@@ -463,7 +465,7 @@ class Checkpointer:
             if choice[0] is None:
                 return None
             checkpoint, manifest = Path(choice[0][0]), choice[0][1]
-            if manifest.config_hash != self.config_hash:
+            if manifest.config_hash not in (self.config_hash, self.legacy_config_hash):
                 raise ConfigError(
                     f"checkpoint {checkpoint} was trained with another model or training "
                     f"config (hash {manifest.config_hash}, now {self.config_hash}); restore it, "

@@ -213,6 +213,17 @@ class CheckpointConfig(ApiModel):
     )
 
 
+# Training fields a resume may change. Reporting cadence and run length do not change what a
+# step computes (where maxSteps shapes the schedule, the trainer checks it at resume). The
+# batch shape is checked as what it means, the global batch (the manifest's samples per
+# step, train.py): a new world size comes with the accumulation that keeps it, and with
+# globalBatchSize set the API makes that an edit of gradientAccumulationSteps too.
+LEGACY_UNHASHED_TRAINING = frozenset(
+    {"max_steps", "eval_interval_steps", "eval_batches", "log_interval_steps"}
+)
+UNHASHED_TRAINING = LEGACY_UNHASHED_TRAINING | {"gradient_accumulation_steps", "global_batch_size"}
+
+
 class RunConfig(ApiModel):
     """The whole of `train.json`: everything one training run needs besides DeepSpeed's config."""
 
@@ -235,15 +246,17 @@ class RunConfig(ApiModel):
 
     def config_hash(self) -> str:
         """Hash of what must not change across a resume (model and optimisation)."""
+        return self._hash(UNHASHED_TRAINING)
+
+    def legacy_config_hash(self) -> str:
+        """The hash checkpoints were committed under before the batch shape left it (it also
+        covers gradientAccumulationSteps and globalBatchSize): they resume with that shape."""
+        return self._hash(LEGACY_UNHASHED_TRAINING)
+
+    def _hash(self, unhashed: frozenset[str]) -> str:
         stable = {
             "model": self.model.model_dump(mode="json", by_alias=True),
-            # Reporting cadence and run length do not change what a step computes; where
-            # maxSteps shapes the schedule the trainer checks it at resume (train.py).
-            "training": self.training.model_dump(
-                mode="json",
-                by_alias=True,
-                exclude={"max_steps", "eval_interval_steps", "eval_batches", "log_interval_steps"},
-            ),
+            "training": self.training.model_dump(mode="json", by_alias=True, exclude=set(unhashed)),
         }
         return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
 

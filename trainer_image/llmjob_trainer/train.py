@@ -116,6 +116,24 @@ def schedule_change_problem(
     )
 
 
+def batch_change_problem(
+    checkpoint_samples: int, checkpoint_world_size: int, training: TrainConfig, world_size: int
+) -> str | None:
+    """Why resuming would change the global batch, if it would. At another world size the
+    trainer picks the accumulation that keeps it (or says why none can), whatever is set."""
+    if checkpoint_world_size != world_size:
+        return None
+    samples = training.samples_per_step(world_size)
+    if samples == checkpoint_samples:
+        return None
+    return (
+        f"the checkpoint was trained with a global batch of {checkpoint_samples} samples per "
+        f"step; microBatchSize {training.micro_batch_size} x gradientAccumulationSteps "
+        f"{training.gradient_accumulation_steps} x {world_size} ranks is {samples}: restore "
+        f"them, or set checkpoint.resume to Never to start a fresh run"
+    )
+
+
 def lr_factor(step: int, training: TrainConfig) -> float:
     return lr_at(step, training) / training.learning_rate
 
@@ -278,7 +296,8 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
     checkpointer = Checkpointer(
         root=Path(run.checkpoint.dir), run_id=run_id,
         attempt=int(os.environ.get(ATTEMPT_ENV, "0")), keep_last=run.checkpoint.keep_last,
-        config_hash=run.config_hash(), rank=rank, world_size=world_size,
+        config_hash=run.config_hash(), legacy_config_hash=run.legacy_config_hash(),
+        rank=rank, world_size=world_size,
         zero_stage=training.zero_stage, samples_per_step=training.samples_per_step(world_size),
         max_steps=training.max_steps, asynchronous=run.checkpoint.async_save,
     )  # fmt: skip
@@ -287,6 +306,12 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
     if resume is not None and (
         problem := schedule_change_problem(
             resume.manifest.step, resume.manifest.max_steps, training
+        )
+    ):
+        raise ConfigError(problem)
+    if resume is not None and (
+        problem := batch_change_problem(
+            resume.manifest.samples_per_step, resume.manifest.world_size, training, world_size
         )
     ):
         raise ConfigError(problem)
