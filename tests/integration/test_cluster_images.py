@@ -130,9 +130,11 @@ def test_the_trainer_image_runs_its_entrypoint_as_uid_1000_with_the_cpu_comm_op_
     )
     assert finished["status"]["phase"] == "Succeeded", finished["status"]
     assert "--hostfile" in kubectl_logs(kubectl, namespace, "launch-help")
+    # numactl: DeepSpeed's --bind_cores_to_rank (LLMJOB_BIND_CORES=1) runs each rank under it.
     probe = (
-        "import os, deepspeed.git_version_info as v;"
-        "print(os.getuid(), os.getgid(), os.getcwd(), bool(v.installed_ops['deepspeed_shm_comm']))"
+        "import os, shutil, deepspeed.git_version_info as v;"
+        "print(os.getuid(), os.getgid(), os.getcwd(), bool(v.installed_ops['deepspeed_shm_comm']),"
+        " shutil.which('numactl') is not None)"
     )
     finished = run_to_completion(
         api_client,
@@ -145,6 +147,7 @@ def test_the_trainer_image_runs_its_entrypoint_as_uid_1000_with_the_cpu_comm_op_
         "1000",
         "1000",
         "/home/llmjob",
+        "True",
         "True",
     ]
 
