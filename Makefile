@@ -14,10 +14,10 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/dev
 export LLMJOB_CACHE
 
-.PHONY: help venv images lint crds helm-lint test test-unit cluster cluster-down kueue bench bench-gpu bench-operator bench-checkpoint demo test-e2e
+.PHONY: help venv images lint crds helm-lint test test-unit cluster cluster-down kueue kwok jobset bench-scale bench bench-gpu bench-operator bench-checkpoint demo test-e2e
 
 help:
-	@echo "make demo | test | test-unit | lint | images | crds | helm-lint | venv | cluster | cluster-down | kueue | bench | bench-gpu | bench-operator | bench-checkpoint"
+	@echo "make demo | test | test-unit | lint | images | crds | helm-lint | venv | cluster | cluster-down | kueue | kwok | jobset | bench | bench-gpu | bench-operator | bench-checkpoint | bench-scale"
 
 venv:
 	@LLMJOB_VENV=$(VENV) PYTHON_BASE=$(PYTHON_BASE) bash dev/venv.sh
@@ -61,6 +61,14 @@ cluster-down: venv
 kueue: cluster
 	$(PY) -m llmjob_devcluster.kueue up
 
+# Simulated GPU nodes (KWOK v0.8.0, built once into $(LLMJOB_CACHE)/scale-<hash>/ with JobSet)
+# and the JobSet controller (v0.12.0) on the running local cluster; `make cluster-down` stops them.
+kwok: cluster
+	$(PY) -m llmjob_devcluster.kwok up --nodes $${KWOK_NODES:-4}
+
+jobset: cluster
+	$(PY) -m llmjob_devcluster.jobset up
+
 # Only the end-to-end suite (real trainers through the chart-installed operator).
 test-e2e: lint images
 	$(call on_cluster,$(PY) -m pytest -m e2e tests/e2e)
@@ -74,6 +82,11 @@ demo: images cluster
 bench-operator: cluster
 	cd $(CURDIR) && $(PY) -m bench.operator_startup --jobs 20
 	cd $(CURDIR) && $(PY) -m bench.operator_cost --jobs 20
+
+# llmjob and JobSet side by side on simulated GPU nodes (KWOK): 1, 100 and 1,000 jobs of 8
+# workers at once (BENCH_SIZES), startup, steady-state API cost, recovery, deletion, CPU, RSS.
+bench-scale: cluster
+	cd $(CURDIR) && $(PY) -m bench.scale --sizes $${BENCH_SIZES:-1,100,1000}
 
 # Runs $(1) on the local cluster; stops the cluster afterwards (also when a test fails)
 # unless it was already running before.

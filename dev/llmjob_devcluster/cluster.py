@@ -40,8 +40,8 @@ KUBELET_CLIENT = certs.ClientCert(
 )
 # Start order; stopped in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent")
-# Started on request only (kueue.py); stopped first by `down`.
-OPT_IN_COMPONENTS = ("kueue",)
+# Started on request only (kueue.py, jobset.py, kwok.py); stopped first by `down`.
+OPT_IN_COMPONENTS = ("kueue", "jobset", "kwok")
 # Short node-lifecycle timings so that a lost node goes NotReady and its pods are evicted
 # within seconds in tests (upstream defaults: 40s lease, 50s grace, 300s tolerations).
 NODE_MONITOR_GRACE_SECONDS = 8

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from llmjob_devcluster import certs, cluster, processes
+from llmjob_devcluster import certs, cluster, hostmanager, processes
 from llmjob_devcluster.layout import REPO_ROOT, Layout
 
 Obj = dict[str, Any]
@@ -103,14 +103,7 @@ def state_dir(layout: Layout) -> Path:
 
 def kustomize(kubectl: Path, config_dir: Path) -> list[Obj]:
     """Kueue's config/default as its release manifests are made (kustomize build)."""
-    rendered = subprocess.run(
-        [str(kubectl), "kustomize", str(config_dir / "default")],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    # 1.7 MB of YAML: libyaml's loader takes a tenth of the pure-Python one's time.
-    return [doc for doc in yaml.load_all(rendered, Loader=yaml.CSafeLoader) if doc]
+    return hostmanager.kustomize(kubectl, config_dir / "default")
 
 
 def _serves_enabled_api(webhook: Obj) -> bool:
@@ -127,11 +120,6 @@ def _is_pod_webhook(webhook: Obj) -> bool:
     return any("pods" in (rule.get("resources") or []) for rule in webhook.get("rules") or [])
 
 
-def _url_client_config(client_config: Obj, port: int, ca_bundle: str) -> Obj:
-    path = client_config["service"].get("path", "/")
-    return {"url": f"https://127.0.0.1:{port}{path}", "caBundle": ca_bundle}
-
-
 def manifests(objects: list[Obj], port: int, ca_bundle: str) -> list[Obj]:
     """Kueue's manifests for a manager on the host: no in-cluster deployment, webhooks (and CRD
     conversion) on a loopback URL, pod webhooks only for namespaces that opt in."""
@@ -142,15 +130,13 @@ def manifests(objects: list[Obj], port: int, ca_bundle: str) -> list[Obj]:
         if kind in IN_CLUSTER_KINDS:
             continue
         if kind == "CustomResourceDefinition":
-            webhook = (obj["spec"].get("conversion") or {}).get("webhook")
-            if webhook and "service" in webhook.get("clientConfig", {}):
-                webhook["clientConfig"] = _url_client_config(
-                    webhook["clientConfig"], port, ca_bundle
-                )
+            hostmanager.loopback_conversion(obj, port, ca_bundle)
         elif kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
             hooks = [hook for hook in obj["webhooks"] if _serves_enabled_api(hook)]
             for hook in hooks:
-                hook["clientConfig"] = _url_client_config(hook["clientConfig"], port, ca_bundle)
+                hook["clientConfig"] = hostmanager.url_client_config(
+                    hook["clientConfig"], port, ca_bundle
+                )
                 if _is_pod_webhook(hook):
                     hook["namespaceSelector"] = {"matchLabels": {MANAGED_NAMESPACE_LABEL: "true"}}
             obj["webhooks"] = hooks
@@ -200,16 +186,6 @@ def _write_certificates(layout: Layout) -> Path:
     return webhook_dir
 
 
-def _kubectl(layout: Layout, *args: str, stdin: str | None = None) -> str:
-    return subprocess.run(
-        [str(layout.bin_link / "kubectl"), f"--kubeconfig={layout.kubeconfig}", *args],
-        input=stdin,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-
-
 def install(layout: Layout, built: Path) -> None:
     """Applies Kueue's CRDs, RBAC and webhook configurations; waits for the CRDs."""
     ca_bundle = base64.b64encode((layout.pki_dir / "ca.crt").read_bytes()).decode()
@@ -218,7 +194,7 @@ def install(layout: Layout, built: Path) -> None:
         layout.kueue_webhook_port,
         ca_bundle,
     )
-    _kubectl(
+    hostmanager.kubectl(
         layout,
         "apply",
         "--server-side",
@@ -231,7 +207,7 @@ def install(layout: Layout, built: Path) -> None:
     crds = [
         f"crd/{o['metadata']['name']}" for o in objects if o["kind"] == "CustomResourceDefinition"
     ]
-    _kubectl(layout, "wait", "--for=condition=Established", "--timeout=60s", *crds)
+    hostmanager.kubectl(layout, "wait", "--for=condition=Established", "--timeout=60s", *crds)
 
 
 def is_healthy(layout: Layout) -> bool:
@@ -296,7 +272,7 @@ def down(layout: Layout) -> None:
     processes.stop(layout.pid_dir, PROCESS, grace=10)
     if cluster.is_healthy(layout, "kube-apiserver"):
         for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
-            _kubectl(
+            hostmanager.kubectl(
                 layout, "delete", kind, "-l=app.kubernetes.io/name=kueue", "--ignore-not-found"
             )
     cluster.log("kueue stopped")

@@ -19,8 +19,9 @@ DEFAULT_STATE_DIR = REPO_ROOT / ".devcluster"
 IMAGE_SOURCE_DIR = "/opt/llmjob/src"
 # Every port of one cluster lies in [port_base, port_base + PORTS_PER_CLUSTER).
 PORTS_PER_CLUSTER = 20
-# Five control-plane ports first, two opt-in component ports (Kueue) last, nodes in between.
-MAX_NODES = PORTS_PER_CLUSTER - 7
+# Five control-plane ports first, five opt-in component ports (Kueue, JobSet, KWOK) last, nodes
+# in between.
+MAX_NODES = PORTS_PER_CLUSTER - 10
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,19 @@ class Layout:
     @property
     def kueue_health_port(self) -> int:
         return self.port_base + PORTS_PER_CLUSTER - 2
+
+    @property
+    def jobset_webhook_port(self) -> int:
+        return self.port_base + PORTS_PER_CLUSTER - 3
+
+    @property
+    def jobset_health_port(self) -> int:
+        return self.port_base + PORTS_PER_CLUSTER - 4
+
+    @property
+    def kwok_server_port(self) -> int:
+        """KWOK's kubelet-like server (its /healthz; logs and exec of fake pods are unused)."""
+        return self.port_base + PORTS_PER_CLUSTER - 5
 
     def kubelet_port(self, node_index: int) -> int:
         return self.port_base + 5 + node_index

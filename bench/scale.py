@@ -1,0 +1,544 @@
+"""`make bench-scale`: llmjob and JobSet side by side on simulated GPU nodes (KWOK), on the
+local cluster's real etcd, kube-apiserver, controller-manager and scheduler.
+
+For each size (jobs of 8 workers, 1 GPU each, submitted at once) and each system, in a fresh
+namespace with a fresh controller process:
+- startup: apply -> all 8 workers Running, per job (p50, p99, max);
+- steady state: API requests per job per minute to the workload's resources (pods, events,
+  services, the jobs themselves...), from the API server's own counters; KWOK's simulated
+  kubelets' heartbeats are left out;
+- recovery: one worker of every job fails at once (KWOK's fail stage: exit code 1) -> the
+  gang Running again (p50, p99);
+- deletion: delete every job -> no pod left;
+- the controller's CPU seconds and peak RSS over the round (for JobSet also the
+  kube-controller-manager's CPU: its Job controller makes JobSet's pods), and the API
+  server's request latency p99 (every verb but WATCH and CONNECT).
+Then each of llmjob's figures as a ratio to JobSet's. KWOK pods run nothing, so llmjob's
+progress reads from rank 0 find no /metrics (that costs a condition per job, once).
+
+Usage: python -m bench.scale [--sizes 1,100,1000] [--steady-seconds 60] [--systems ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from kubernetes import client, config, watch
+from tests.apiserver_requests import WRITES, Request, snapshot
+from tests.integration.jobs import standin_job
+from tests.integration.operator_process import OperatorProcess
+
+from llmjob_devcluster import jobset as jobset_component
+from llmjob_devcluster import kwok, processes
+from llmjob_devcluster.layout import Layout
+from llmjob_operator.api import GROUP, PLURAL, VERSION
+from llmjob_operator.render import ATTEMPT_LABEL, JOB_NAME_LABEL
+
+WORKERS = 8
+GPUS_PER_NODE = 8
+JOBSET_GROUP, JOBSET_VERSION = "jobset.x-k8s.io", "v1alpha2"
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+JOBSET_RESTART_LABEL = "jobset.sigs.k8s.io/restart-attempt"
+CREATE_THREADS = 16
+CLAIM = "checkpoints"
+TIMEOUT_SECONDS = 3600.0
+
+
+# -- what each system is -----------------------------------------------------------------
+
+
+class System(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def pid(self) -> int: ...
+    def prepare(self, namespace: str) -> None: ...
+    def create(self, namespace: str, name: str) -> None: ...
+    def delete(self, namespace: str, name: str) -> None: ...
+    def group(self, pod: dict[str, Any]) -> tuple[str, int] | None:
+        """(job name, attempt) of one of the system's worker pods."""
+        ...
+
+
+def on_kwok_nodes(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **pod_spec,
+        "nodeSelector": kwok.NODE_SELECTOR,
+        "tolerations": [kwok.TOLERATION],
+    }
+
+
+class Llmjob:
+    name = "llmjob"
+
+    def __init__(self, api: client.ApiClient, kubeconfig: Path, log_dir: Path) -> None:
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.kubeconfig = kubeconfig
+        self.log_dir = log_dir
+        self.operator: OperatorProcess | None = None
+
+    def start(self) -> None:
+        # As shipped: the default progress interval and API budget.
+        self.operator = OperatorProcess(
+            self.kubeconfig, self.log_dir / f"operator-{uuid.uuid4().hex[:6]}.log", 10.0
+        )
+        self.operator.start()
+
+    def stop(self) -> None:
+        if self.operator is not None:
+            self.operator.stop()
+
+    def pid(self) -> int:
+        assert self.operator is not None and self.operator.process is not None
+        return self.operator.process.pid
+
+    def prepare(self, namespace: str) -> None:
+        # One ReadWriteMany claim (a cluster filesystem) for every job's checkpoints, bound to a
+        # volume of its own: KWOK pods mount nothing, the scheduler only checks the binding.
+        volume = f"bench-{namespace}"
+        self.core.create_persistent_volume(
+            {
+                "metadata": {"name": volume},
+                "spec": {
+                    "capacity": {"storage": "1Ti"},
+                    "accessModes": ["ReadWriteMany"],
+                    "hostPath": {"path": f"/tmp/{volume}"},
+                    "persistentVolumeReclaimPolicy": "Delete",
+                    "storageClassName": "",
+                },
+            }
+        )
+        self.core.create_namespaced_persistent_volume_claim(
+            namespace,
+            {
+                "metadata": {"name": CLAIM},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "resources": {"requests": {"storage": "1Ti"}},
+                    "storageClassName": "",
+                    "volumeName": volume,
+                },
+            },
+        )
+
+    def create(self, namespace: str, name: str) -> None:
+        body = standin_job(
+            name,
+            str(Path(sys.executable).parent),
+            workers=WORKERS,
+            gpusPerWorker=1,
+            checkpoint={"claimName": CLAIM},
+            failurePolicy={"maxRestarts": 3, "backoffSeconds": 1, "maxBackoffSeconds": 2},
+            scheduling={"nodeSelector": kwok.NODE_SELECTOR, "tolerations": [kwok.TOLERATION]},
+        )
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+    def delete(self, namespace: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+    def group(self, pod: dict[str, Any]) -> tuple[str, int] | None:
+        labels = pod["metadata"].get("labels") or {}
+        if JOB_NAME_LABEL not in labels or ATTEMPT_LABEL not in labels:
+            return None
+        return labels[JOB_NAME_LABEL], int(labels[ATTEMPT_LABEL])
+
+
+class JobSet:
+    name = "jobset"
+
+    def __init__(self, api: client.ApiClient, layout: Layout) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.layout = layout
+
+    def start(self) -> None:
+        jobset_component.up(self.layout)
+
+    def stop(self) -> None:
+        jobset_component.down(self.layout)
+
+    def pid(self) -> int:
+        pid = processes.running_pid(self.layout.pid_dir, "jobset")
+        assert pid is not None, "JobSet's manager is not running"
+        return pid
+
+    def prepare(self, namespace: str) -> None:
+        pass
+
+    def create(self, namespace: str, name: str) -> None:
+        container = {
+            "name": "trainer",
+            "image": "registry.local/trainer:bench",
+            "resources": {"limits": {kwok.GPU_RESOURCE: "1"}},
+        }
+        pod_spec = on_kwok_nodes({"restartPolicy": "Never", "containers": [container]})
+        body = {
+            "apiVersion": f"{JOBSET_GROUP}/{JOBSET_VERSION}",
+            "kind": "JobSet",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": {"maxRestarts": 3},
+                "replicatedJobs": [
+                    {
+                        "name": "workers",
+                        "replicas": 1,
+                        "template": {
+                            "spec": {
+                                "parallelism": WORKERS,
+                                "completions": WORKERS,
+                                "completionMode": "Indexed",
+                                "backoffLimit": 0,
+                                "template": {"spec": pod_spec},
+                            }
+                        },
+                    }
+                ],
+            },
+        }
+        self.custom.create_namespaced_custom_object(
+            JOBSET_GROUP, JOBSET_VERSION, namespace, "jobsets", body
+        )
+
+    def delete(self, namespace: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(
+            JOBSET_GROUP,
+            JOBSET_VERSION,
+            namespace,
+            "jobsets",
+            name,
+            body=client.V1DeleteOptions(propagation_policy="Background"),
+        )
+
+    def group(self, pod: dict[str, Any]) -> tuple[str, int] | None:
+        labels = pod["metadata"].get("labels") or {}
+        if JOBSET_NAME_LABEL not in labels:
+            return None
+        return labels[JOBSET_NAME_LABEL], int(labels.get(JOBSET_RESTART_LABEL, "0"))
+
+
+# -- watching the pods -----------------------------------------------------------------------
+
+
+@dataclass
+class PodClock:
+    """Every worker pod of one namespace as a watch sees it, stamped with this process's clock:
+    both systems are timed by the same watcher, so its own lag cancels in the ratios."""
+
+    system: System
+    running: dict[tuple[str, int], dict[str, float]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
+    """(job, attempt) -> pod name -> when first seen Running."""
+    live: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Pods not yet deleted -> their (job, attempt)."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def follow(self, core: client.CoreV1Api, namespace: str) -> None:
+        version = core.list_namespaced_pod(namespace, limit=1).metadata.resource_version
+        while not self.stopped.is_set():
+            stream = watch.Watch().stream(
+                core.list_namespaced_pod,
+                namespace,
+                resource_version=version,
+                timeout_seconds=30,
+                allow_watch_bookmarks=True,
+                _preload_content=False,
+            )
+            for event in stream:
+                pod = event["raw_object"]
+                version = pod["metadata"]["resourceVersion"]
+                if event["type"] == "BOOKMARK":
+                    continue
+                self.see(event["type"], pod)
+
+    def see(self, kind: str, pod: dict[str, Any]) -> None:
+        group = self.system.group(pod)
+        if group is None:
+            return
+        name = pod["metadata"]["name"]
+        now = time.monotonic()
+        with self.lock:
+            if kind == "DELETED":
+                self.live.pop(name, None)
+                return
+            self.live[name] = group
+            if (pod.get("status") or {}).get("phase") == "Running" and not pod["metadata"].get(
+                "deletionTimestamp"
+            ):
+                self.running[group].setdefault(name, now)
+
+    def gang_running_at(self, job: str, after_attempt: int = -1) -> tuple[int, float] | None:
+        """(attempt, when its 8th worker was Running) of the job's newest attempt past
+        `after_attempt` with every worker Running."""
+        with self.lock:
+            full = [
+                (attempt, max(pods.values()))
+                for (name, attempt), pods in self.running.items()
+                if name == job and attempt > after_attempt and len(pods) >= WORKERS
+            ]
+        return max(full) if full else None
+
+    def running_pod(self, job: str, attempt: int) -> str:
+        with self.lock:
+            return sorted(self.running[(job, attempt)])[0]
+
+    def live_pods(self) -> int:
+        with self.lock:
+            return len(self.live)
+
+
+# -- figures ---------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100.0  # utime + stime, in clock ticks
+
+
+def process_peak_rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
+def latency_buckets(api: client.ApiClient) -> Counter[float]:
+    """Cumulative counts of apiserver_request_duration_seconds by bucket bound, every verb but
+    the long-running WATCH and CONNECT."""
+    request = api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
+    text = api.call_api(*request, _request_timeout=(3, 60)).read().decode()
+    buckets: Counter[float] = Counter()
+    pattern = re.compile(r"^apiserver_request_duration_seconds_bucket\{(.*)\} (\S+)$", re.M)
+    for labels, value in pattern.findall(text):
+        if 'verb="WATCH"' in labels or 'verb="CONNECT"' in labels:
+            continue
+        bound = re.search(r'le="([^"]+)"', labels)
+        assert bound is not None
+        buckets[float("inf") if bound.group(1) == "+Inf" else float(bound.group(1))] += float(value)
+    return buckets
+
+
+def latency_p99(before: Counter[float], after: Counter[float]) -> float:
+    bounds = sorted(after)
+    total = after[float("inf")] - before[float("inf")]
+    for bound in bounds:
+        if after[bound] - before[bound] >= 0.99 * total:
+            return bound
+    return float("inf")
+
+
+# What either system's work touches. KWOK's node heartbeats (nodes, leases) are the simulated
+# kubelets' and go on with no job at all; the operator's own Lease is per replica, not per job.
+WORKLOAD_RESOURCES = frozenset(
+    {
+        "pods",
+        "events",
+        "services",
+        "configmaps",
+        "persistentvolumeclaims",
+        "endpointslices",
+        "llmtrainingjobs",
+        "jobsets",
+        "jobs",
+    }
+)
+
+
+def split(delta: Counter[Request]) -> tuple[int, int]:
+    """(writes, reads) of workload resources in a request count delta; WATCH requests are
+    long-running and not counted."""
+    workload = {r: n for r, n in delta.items() if r.resource in WORKLOAD_RESOURCES}
+    writes = sum(n for r, n in workload.items() if r.verb in WRITES)
+    reads = sum(n for r, n in workload.items() if r.verb in ("GET", "LIST"))
+    return writes, reads
+
+
+@dataclass
+class Round:
+    system: str
+    jobs: int
+    startup: list[float] = field(default_factory=list)
+    recovery: list[float] = field(default_factory=list)
+    delete_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    controller_manager_cpu_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    writes_per_job_minute: float = 0.0
+    reads_per_job_minute: float = 0.0
+    apiserver_p99_seconds: float = 0.0
+
+    def row(self) -> dict[str, float]:
+        return {
+            "startup p50 s": percentile(self.startup, 0.5),
+            "startup p99 s": percentile(self.startup, 0.99),
+            "startup max s": max(self.startup),
+            "delete all s": self.delete_seconds,
+            "recovery p50 s": percentile(self.recovery, 0.5),
+            "recovery p99 s": percentile(self.recovery, 0.99),
+            "controller CPU s": self.cpu_seconds,
+            "+ controller-manager CPU s": self.controller_manager_cpu_seconds,
+            "controller peak RSS MB": self.peak_rss_mb,
+            "steady writes /job/min": self.writes_per_job_minute,
+            "steady reads /job/min": self.reads_per_job_minute,
+            "apiserver p99 s": self.apiserver_p99_seconds,
+        }
+
+
+def wait_until(what: str, done: Callable[[], bool], timeout: float = TIMEOUT_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench: {what} not reached in {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def in_parallel(call: Callable[[str], None], names: Iterable[str]) -> None:
+    with ThreadPoolExecutor(CREATE_THREADS) as pool:
+        list(pool.map(call, names))
+
+
+def run_round(
+    api: client.ApiClient,
+    layout: Layout,
+    system: System,
+    jobs: int,
+    steady_seconds: float,
+) -> Round:
+    core = client.CoreV1Api(api)
+    namespace = f"scale-{system.name}-{jobs}-{uuid.uuid4().hex[:4]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    system.prepare(namespace)
+    system.start()
+    figures = Round(system.name, jobs)
+    clock = PodClock(system)
+    threading.Thread(target=clock.follow, args=(core, namespace), daemon=True).start()
+    manager = processes.running_pid(layout.pid_dir, "kube-controller-manager")
+    assert manager is not None, "the local cluster is not running"
+    cpu0, manager_cpu0 = process_cpu_seconds(system.pid()), process_cpu_seconds(manager)
+    latency0 = latency_buckets(api)
+    names = [f"{system.name}-{i:04d}" for i in range(jobs)]
+    try:
+        created: dict[str, float] = {}
+
+        def create(name: str) -> None:
+            created[name] = time.monotonic()
+            system.create(namespace, name)
+
+        in_parallel(create, names)
+        wait_until("every gang Running", lambda: all(clock.gang_running_at(n) for n in names))
+        for name in names:
+            attempt_running = clock.gang_running_at(name)
+            assert attempt_running is not None
+            figures.startup.append(attempt_running[1] - created[name])
+        print(f"  {system.name} x{jobs}: all Running", file=sys.stderr, flush=True)
+
+        steady0 = snapshot(api)
+        time.sleep(steady_seconds)
+        writes, reads = split(snapshot(api) - steady0)
+        minutes_jobs = jobs * steady_seconds / 60
+        figures.writes_per_job_minute = writes / minutes_jobs
+        figures.reads_per_job_minute = reads / minutes_jobs
+
+        first = {n: clock.gang_running_at(n) for n in names}
+        failed: dict[str, float] = {}
+
+        def fail(name: str) -> None:
+            attempt = first[name]
+            assert attempt is not None
+            failed[name] = time.monotonic()
+            kwok.fail_pod(core, namespace, clock.running_pod(name, attempt[0]), exit_code=1)
+
+        in_parallel(fail, names)
+
+        def recovered(name: str) -> bool:
+            attempt = first[name]
+            return attempt is not None and clock.gang_running_at(name, attempt[0]) is not None
+
+        wait_until("every gang Running again", lambda: all(recovered(n) for n in names))
+        for name in names:
+            again = clock.gang_running_at(name, first[name][0])  # type: ignore[index]
+            assert again is not None
+            figures.recovery.append(again[1] - failed[name])
+        print(f"  {system.name} x{jobs}: all recovered", file=sys.stderr, flush=True)
+
+        deleting = time.monotonic()
+        in_parallel(lambda name: system.delete(namespace, name), names)
+        wait_until("every pod deleted", lambda: clock.live_pods() == 0)
+        figures.delete_seconds = time.monotonic() - deleting
+
+        figures.cpu_seconds = process_cpu_seconds(system.pid()) - cpu0
+        figures.controller_manager_cpu_seconds = process_cpu_seconds(manager) - manager_cpu0
+        figures.peak_rss_mb = process_peak_rss(system.pid()) / 1024
+        figures.apiserver_p99_seconds = latency_p99(latency0, latency_buckets(api))
+    finally:
+        clock.stopped.set()
+        system.stop()
+        core.delete_namespace(namespace)
+    return figures
+
+
+def print_table(rounds: list[Round]) -> None:
+    by = {(r.system, r.jobs): r for r in rounds}
+    for jobs in sorted({r.jobs for r in rounds}):
+        print(f"\n{jobs} job(s) of {WORKERS} workers, submitted at once")
+        ours, peer = by.get(("llmjob", jobs)), by.get(("jobset", jobs))
+        print(f"  {'figure':28} {'llmjob':>10} {'jobset':>10} {'ratio':>7}")
+        for key in (ours or peer).row():  # type: ignore[union-attr]
+            a = ours.row()[key] if ours else float("nan")
+            b = peer.row()[key] if peer else float("nan")
+            ratio = a / b if b else float("nan")
+            print(f"  {key:28} {a:10.2f} {b:10.2f} {ratio:7.2f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="1,100,1000")
+    parser.add_argument("--systems", default="llmjob,jobset")
+    parser.add_argument("--steady-seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    layout = Layout.from_env()
+    api = config.new_client_from_config(str(layout.kubeconfig))
+    sizes = [int(s) for s in args.sizes.split(",")]
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    known: dict[str, Callable[[], System]] = {
+        "llmjob": lambda: Llmjob(api, layout.kubeconfig, log_dir),
+        "jobset": lambda: JobSet(api, layout),
+    }
+    systems = [known[name]() for name in args.systems.split(",")]
+    kwok.up(
+        layout,
+        nodes=max(4, math.ceil(max(sizes) * WORKERS / GPUS_PER_NODE)),
+        gpus_per_node=GPUS_PER_NODE,
+    )
+    rounds = []
+    started = time.monotonic()
+    for jobs in sizes:
+        for system in systems:
+            print(f"bench: {system.name}, {jobs} job(s)", file=sys.stderr, flush=True)
+            rounds.append(run_round(api, layout, system, jobs, args.steady_seconds))
+    print_table(rounds)
+    print(f"\n(wall time {time.monotonic() - started:.0f} s; operator logs in {log_dir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
