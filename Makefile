@@ -85,8 +85,11 @@ bench-operator: cluster
 
 # llmjob and JobSet side by side on simulated GPU nodes (KWOK): 1, 100 and 1,000 jobs of 8
 # workers at once (BENCH_SIZES), startup, steady-state API cost, recovery, deletion, CPU, RSS.
-bench-scale: cluster
-	cd $(CURDIR) && $(PY) -m bench.scale --sizes $${BENCH_SIZES:-1,100,1000}
+# On a cluster of its own (.devcluster-scale) with upstream's node-monitor grace (50 s).
+bench-scale: export LLMJOB_DEVCLUSTER_DIR := $(CURDIR)/.devcluster-scale
+bench-scale: export LLMJOB_DEVCLUSTER_NODE_GRACE_SECONDS := 50
+bench-scale: venv
+	$(call on_cluster,cd $(CURDIR) && $(PY) -m bench.scale --sizes $${BENCH_SIZES:-1,100,1000})
 
 # Runs $(1) on the local cluster; stops the cluster afterwards (also when a test fails)
 # unless it was already running before.

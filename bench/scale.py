@@ -73,6 +73,10 @@ class System(Protocol):
         """(job name, attempt) of one of the system's worker pods."""
         ...
 
+    def settled(self, namespace: str, names: list[str]) -> bool:
+        """Every job has made the writes that follow its start (steady state begins)."""
+        ...
+
 
 def on_kwok_nodes(pod_spec: dict[str, Any]) -> dict[str, Any]:
     return {
@@ -158,6 +162,20 @@ class Llmjob:
             return None
         return labels[JOB_NAME_LABEL], int(labels[ATTEMPT_LABEL])
 
+    def settled(self, namespace: str, names: list[str]) -> bool:
+        # KWOK pods serve no /metrics: the first failed read of rank 0 sets ProgressUnknown
+        # (one status write and an event per job, a progress interval after Running).
+        listed = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        unknown = {
+            job["metadata"]["name"]
+            for job in listed["items"]
+            if any(
+                c["type"] == "ProgressUnknown" and c["status"] == "True"
+                for c in (job.get("status") or {}).get("conditions") or []
+            )
+        }
+        return unknown >= set(names)
+
 
 class JobSet:
     name = "jobset"
@@ -229,6 +247,9 @@ class JobSet:
         if JOBSET_NAME_LABEL not in labels:
             return None
         return labels[JOBSET_NAME_LABEL], int(labels.get(JOBSET_RESTART_LABEL, "0"))
+
+    def settled(self, namespace: str, names: list[str]) -> bool:
+        return True
 
 
 # -- watching the pods -----------------------------------------------------------------------
@@ -346,8 +367,9 @@ def latency_p99(before: Counter[float], after: Counter[float]) -> float:
     return float("inf")
 
 
-# What either system's work touches. KWOK's node heartbeats (nodes, leases) are the simulated
-# kubelets' and go on with no job at all; the operator's own Lease is per replica, not per job.
+# What either system writes for its jobs. Left out: KWOK's node heartbeats (nodes, leases: the
+# simulated kubelets', with or without jobs), the operator's own Lease (per replica, not per
+# job) and the control plane's EndpointSlices (of both systems' headless Services).
 WORKLOAD_RESOURCES = frozenset(
     {
         "pods",
@@ -355,7 +377,6 @@ WORKLOAD_RESOURCES = frozenset(
         "services",
         "configmaps",
         "persistentvolumeclaims",
-        "endpointslices",
         "llmtrainingjobs",
         "jobsets",
         "jobs",
@@ -385,6 +406,8 @@ class Round:
     writes_per_job_minute: float = 0.0
     reads_per_job_minute: float = 0.0
     apiserver_p99_seconds: float = 0.0
+    steady_writes: Counter[str] = field(default_factory=Counter)
+    """The steady-state writes by verb and resource (what to look at when there are any)."""
 
     def row(self) -> dict[str, float]:
         return {
@@ -450,10 +473,19 @@ def run_round(
             assert attempt_running is not None
             figures.startup.append(attempt_running[1] - created[name])
         print(f"  {system.name} x{jobs}: all Running", file=sys.stderr, flush=True)
+        wait_until("every job settled", lambda: system.settled(namespace, names), timeout=300)
 
         steady0 = snapshot(api)
         time.sleep(steady_seconds)
-        writes, reads = split(snapshot(api) - steady0)
+        steady = snapshot(api) - steady0
+        writes, reads = split(steady)
+        figures.steady_writes = Counter(
+            {
+                f"{r.verb} {r.resource}{'/' + r.subresource if r.subresource else ''}": n
+                for r, n in steady.items()
+                if r.resource in WORKLOAD_RESOURCES and r.verb in WRITES
+            }
+        )
         minutes_jobs = jobs * steady_seconds / 60
         figures.writes_per_job_minute = writes / minutes_jobs
         figures.reads_per_job_minute = reads / minutes_jobs
@@ -493,7 +525,19 @@ def run_round(
         clock.stopped.set()
         system.stop()
         core.delete_namespace(namespace)
+        # The namespace's deletion writes too: not in the next round's steady state.
+        wait_until("the namespace deleted", lambda: gone(core, namespace), timeout=300)
     return figures
+
+
+def gone(core: client.CoreV1Api, namespace: str) -> bool:
+    try:
+        core.read_namespace(namespace)
+    except client.ApiException as error:
+        if error.status == 404:
+            return True
+        raise
+    return False
 
 
 def print_table(rounds: list[Round]) -> None:

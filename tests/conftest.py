@@ -19,28 +19,31 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client
 
-from llmjob_devcluster import cluster, kube, kueue, processes
+from llmjob_devcluster import cluster, kube, kueue, processes, scalebuild
 from llmjob_devcluster.layout import REPO_ROOT, Layout
 
 Obj = dict[str, Any]
 T = TypeVar("T")
 
 
-_kueue_head_start: list[subprocess.Popen[bytes]] = []
+_head_starts: list[subprocess.Popen[bytes]] = []
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """A session that will run Kueue starts building it now (a no-op once cached), niced: the
-    build takes the CPU the tests before it leave idle (they mostly wait on clusters and
-    workers) instead of adding its minutes on a fresh machine at the first Kueue test, whose
-    fixture then waits only for what is left of it."""
-    if any("kueue" in getattr(item, "fixturenames", ()) for item in session.items):
-        log = Path(os.environ.get("LLMJOB_CACHE", "/var/cache/llmjob")) / "kueue-build.log"
-        _kueue_head_start.append(kueue.start_build(log))
+    """A session that will run Kueue (or KWOK and JobSet) starts building it now (a no-op once
+    cached), niced: the build takes the CPU the tests before it leave idle (they mostly wait on
+    clusters and workers) instead of adding its minutes on a fresh machine at the first test
+    that needs it, whose fixture then waits only for what is left of it."""
+    cache = Path(os.environ.get("LLMJOB_CACHE", "/var/cache/llmjob"))
+    fixtures = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if "kueue" in fixtures:
+        _head_starts.append(kueue.start_build(cache / "kueue-build.log"))
+    if "scale_cluster" in fixtures:
+        _head_starts.append(scalebuild.start_build(cache / "scale-build.log"))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    for build in _kueue_head_start:
+    for build in _head_starts:
         if build.poll() is None:
             processes.signal_group(build.pid, signal.SIGTERM)
             build.wait()

@@ -50,6 +50,12 @@ STAGES = (
 FAIL_STAGE = "pod-container-running-failed.stage.kwok.x-k8s.io"
 
 
+def lease_seconds(node_grace_seconds: int) -> int:
+    """The fake nodes' Lease duration for the cluster's node-monitor grace period: as a
+    kubelet's 40 s against upstream's 50 s grace, at least 4 s."""
+    return max(4, node_grace_seconds * 4 // 5)
+
+
 def state_dir(layout: Layout) -> Path:
     return layout.state_dir / "kwok"
 
@@ -160,7 +166,8 @@ def up(layout: Layout, nodes: int = 4, gpus_per_node: int = 8) -> None:
             f"--manage-nodes-with-label-selector={NODE_LABEL}={NODE_SELECTOR[NODE_LABEL]}",
             f"--server-address=127.0.0.1:{layout.kwok_server_port}",
             f"--cidr={POD_CIDR}",
-            "--node-lease-duration-seconds=40",
+            # KWOK renews every quarter of the lease, well inside the controller manager's grace.
+            f"--node-lease-duration-seconds={lease_seconds(cluster.node_monitor_grace_seconds())}",
             # A line per patched pod at INFO: gigabytes of log in a 1,000-job benchmark.
             "--v=WARN",
         ]

@@ -204,13 +204,12 @@ class Controller:
             spec=job.spec,
             status=status,
         )
-        observed = self._observe(
-            kube, ref, status, job.spec.metrics_port, claim_name(ref, job.spec), now
-        )
+        observed = self._observe(kube, ref, status, claim_name(ref, job.spec), now)
         settings = self.render_settings
         result = plan(
             view, lambda spec, attempt: render(ref, spec, settings, attempt), observed, now
         )
+        self._watch_progress(ref, result.status, observed.workers, job.spec.metrics_port)
         deferred = self._execute(kube, body, status, result, now)
         waits = [w for w in (result.requeue_after, deferred) if w is not None]
         return Outcome(requeue_after=min(waits) if waits else None)
@@ -220,7 +219,6 @@ class Controller:
         kube: Kube,
         ref: JobRef,
         status: LLMTrainingJobStatus,
-        metrics_port: int,
         claim: str,
         now: datetime,
     ) -> Observed:
@@ -238,6 +236,25 @@ class Controller:
             )
             for b in supporting
         }
+        return Observed(
+            workers=workers,
+            applied_hashes=hashes,
+            progress=self.progress.latest(key, status.attempt),
+            node_health=self._node_health(kube, status, workers, now),
+            queue_verdict=self._queue_verdict(kube, ref, status),
+        )
+
+    def _watch_progress(
+        self,
+        ref: JobRef,
+        status: LLMTrainingJobStatus,
+        workers: list[WorkerState],
+        metrics_port: int,
+    ) -> None:
+        """Rank 0 of a Running gang is read, decided on the status this pass plans: the pass
+        that marks the gang Running may be the last one for a while (every worker came up in
+        one pod update and nothing else changes), and must not leave its progress unread."""
+        key = (ref.namespace, ref.name)
         rank0 = next(
             (w for w in workers if w.index == 0 and w.attempt == status.attempt and w.pod_ip),
             None,
@@ -246,13 +263,6 @@ class Controller:
             self.progress.watch(key, Target(status.attempt, rank0.pod_ip, metrics_port))
         else:
             self.progress.watch(key, None)
-        return Observed(
-            workers=workers,
-            applied_hashes=hashes,
-            progress=self.progress.latest(key, status.attempt),
-            node_health=self._node_health(kube, status, workers, now),
-            queue_verdict=self._queue_verdict(kube, ref, status),
-        )
 
     def _queue_verdict(
         self, kube: Kube, ref: JobRef, status: LLMTrainingJobStatus
