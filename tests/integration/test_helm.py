@@ -39,6 +39,7 @@ OPERATOR_RULES = {
     "persistentvolumeclaims": {"get", "list", "watch", "create", "patch"},
     "podgroups.scheduling.x-k8s.io": {"get", "create", "patch"},
     "podgroups.scheduling.volcano.sh": {"get", "create", "patch"},
+    "podgroups.scheduling.k8s.io": {"get", "create", "patch"},
     "events": {"create"},
 }
 # The replicas' Lease, in the release namespace in either mode: create, and get/update of the
