@@ -40,6 +40,7 @@ OPERATOR_RULES = {
     "podgroups.scheduling.x-k8s.io": {"get", "create", "patch"},
     "podgroups.scheduling.volcano.sh": {"get", "create", "patch"},
     "podgroups.scheduling.k8s.io": {"get", "create", "patch"},
+    "workloads.kueue.x-k8s.io": {"get"},
     "events": {"create"},
 }
 # The replicas' Lease, in the release namespace in either mode: create, and get/update of the
