@@ -112,6 +112,13 @@ def write_kubeconfig(layout: Layout, path: Path, client: certs.ClientCert) -> No
     path.chmod(0o600)
 
 
+# Native gang scheduling (KEP-4671, beta and off by default in 1.37): the API server serves
+# scheduling.k8s.io/v1beta1 Workloads and PodGroups and stamps the PodGroup protection
+# finalizer, the scheduler enables its GangScheduling plugin, and the controller-manager runs
+# the controller that lifts that finalizer once no pod uses the group. One gate for all three.
+FEATURE_GATES = "--feature-gates=GenericWorkload=true"
+
+
 def component_argv(layout: Layout, bin_dir: Path, name: str) -> list[str]:
     pki = layout.pki_dir
     kubeconfigs = layout.state_dir / "kubeconfigs"
@@ -154,6 +161,8 @@ def component_argv(layout: Layout, bin_dir: Path, name: str) -> list[str]:
             f"--kubelet-client-key={pki / (KUBELET_CLIENT.name + '.key')}",
             "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=true",
+            FEATURE_GATES,
+            "--runtime-config=scheduling.k8s.io/v1beta1=true",
             f"--default-not-ready-toleration-seconds={UNREACHABLE_TOLERATION_SECONDS}",
             f"--default-unreachable-toleration-seconds={UNREACHABLE_TOLERATION_SECONDS}",
             "--profiling=false",
@@ -174,6 +183,7 @@ def component_argv(layout: Layout, bin_dir: Path, name: str) -> list[str]:
             f"--cluster-signing-cert-file={pki / 'ca.crt'}",
             f"--cluster-signing-key-file={pki / 'ca.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            FEATURE_GATES,
             "--node-monitor-period=1s",
             f"--node-monitor-grace-period={node_monitor_grace_seconds()}s",
             "--profiling=false",
@@ -188,6 +198,7 @@ def component_argv(layout: Layout, bin_dir: Path, name: str) -> list[str]:
             "--bind-address=127.0.0.1",
             f"--secure-port={layout.scheduler_port}",
             "--leader-elect=false",
+            FEATURE_GATES,
             "--profiling=false",
         ]
     if name == "node-agent":

@@ -619,14 +619,19 @@ class SchedulingSpec(ApiModel):
     scheduler_name: str | None = Field(
         default=None, min_length=1, description="Scheduler for the workers, e.g. a gang scheduler."
     )
-    gang: Literal["Coscheduling", "Volcano"] | None = Field(
+    gang: Literal["Coscheduling", "Volcano", "Native"] | None = Field(
         default=None,
         description="Gang scheduling, every worker or none, by the scheduler a platform runs: "
         "Coscheduling, a scheduler-plugins PodGroup (scheduling.x-k8s.io/v1alpha1) named after "
         "the job and the workers' label scheduling.x-k8s.io/pod-group, for schedulerName "
         "(default scheduler-plugins-scheduler); Volcano, a Volcano PodGroup "
         "(scheduling.volcano.sh/v1beta1) and the annotation scheduling.k8s.io/group-name, for "
-        "schedulerName volcano. minMember is workers. Immutable.",
+        "schedulerName volcano. minMember is workers. Native, the kube-scheduler's own gang "
+        "scheduling (KEP-4671; Kubernetes 1.37 with the GenericWorkload feature gate and "
+        "scheduling.k8s.io/v1beta1 served): a PodGroup (scheduling.k8s.io/v1beta1) per attempt, "
+        "named <job>-<uid prefix>-<attempt>, with schedulingPolicy.gang.minCount the attempt's "
+        "workers, and each worker's spec.schedulingGroup.podGroupName naming it; schedulerName "
+        "stays the default unless set. Immutable.",
     )
     topology: TopologySpec | None = Field(
         default=None,

@@ -81,11 +81,13 @@ def _listers(core: client.CoreV1Api) -> dict[str, tuple[Callable[..., Any], Call
 
 
 # Owned objects outside the core API, by apiVersion and kind, with their plural: the gang
-# schedulers' PodGroups (scheduling.gang). They are not watched (a cluster may not serve them):
-# the cache holds the copy the server returned to the create or the apply.
+# schedulers' PodGroups (scheduling.gang), the kube-scheduler's own among them. They are not
+# watched (a cluster may not serve them): the cache holds the copy the server returned to the
+# create or the apply.
 CUSTOM_KINDS: dict[tuple[str, str], str] = {
     ("scheduling.x-k8s.io/v1alpha1", "PodGroup"): "podgroups",
     ("scheduling.volcano.sh/v1beta1", "PodGroup"): "podgroups",
+    ("scheduling.k8s.io/v1beta1", "PodGroup"): "podgroups",
 }
 
 

@@ -132,7 +132,8 @@ def hostfile(job: JobRef, spec: LLMTrainingJobSpec) -> str:
 
 
 def pod_group_name(job: JobRef, attempt: int) -> str:
-    """The Kueue pod group (and Workload) of one attempt's gang.
+    """The Kueue pod group (and Workload) of one attempt's gang, and its native PodGroup
+    (scheduling.gang Native).
 
     One group per attempt, not per job: a worker's pod name is stable across attempts (its DNS
     name), so a new gang is created only once the old one is gone, and Kueue keeps the
@@ -396,6 +397,8 @@ def render_pod(
     scheduler_name = scheduling.scheduler_name or _gang_scheduler(spec)
     if scheduler_name:
         pod_spec["schedulerName"] = scheduler_name
+    if scheduling.gang == "Native":
+        pod_spec["schedulingGroup"] = {"podGroupName": pod_group_name(job, attempt)}
     pod_spec.update(_pod_identity(spec))
     kueue_labels, kueue_annotations = kueue_pod_metadata(job, spec, attempt)
     metadata = _metadata(
@@ -487,13 +490,17 @@ def render(
             render_pod(job, spec, settings, i, attempt, config_hash) for i in range(spec.workers)
         ],
         claim=render_claim(job, spec),
-        pod_group=render_pod_group(job, spec),
+        pod_group=render_pod_group(job, spec, attempt),
     )
 
 
 # -- Gang schedulers a platform runs (scheduling.gang) --------------------------------------
-# One PodGroup per job, named after it: the operator never starts an attempt while the last one
-# has live pods, so successive attempts fill the same group, and the name is known up front.
+# Coscheduling and Volcano: one PodGroup per job, named after it: the operator never starts an
+# attempt while the last one has live pods, so successive attempts fill the same group, and the
+# name is known up front. Native: one PodGroup per attempt (pod_group_name), because a pod's
+# spec.schedulingGroup is immutable and the group's gang policy cannot be unset or set later;
+# each attempt's group is created once, when the attempt starts, and garbage-collected with the
+# job (its ownerReference). The PodGroup protection finalizer keeps a group while pods use it.
 
 COSCHEDULING_API_VERSION = "scheduling.x-k8s.io/v1alpha1"
 COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
@@ -502,6 +509,8 @@ COSCHEDULING_SCHEDULER = "scheduler-plugins-scheduler"
 VOLCANO_API_VERSION = "scheduling.volcano.sh/v1beta1"
 VOLCANO_ANNOTATION = "scheduling.k8s.io/group-name"
 VOLCANO_SCHEDULER = "volcano"
+# The kube-scheduler's own (KEP-4671): beta in 1.37, behind the GenericWorkload feature gate.
+NATIVE_API_VERSION = "scheduling.k8s.io/v1beta1"
 
 
 def _gang_scheduler(spec: LLMTrainingJobSpec) -> str | None:
@@ -525,12 +534,14 @@ def _in_pod_group(
     return metadata
 
 
-def render_pod_group(job: JobRef, spec: LLMTrainingJobSpec) -> dict[str, Any] | None:
+def render_pod_group(job: JobRef, spec: LLMTrainingJobSpec, attempt: int) -> dict[str, Any] | None:
     """The gang's PodGroup: the scheduler binds none of its pods until minMember (all workers)
     fit at once, so two partial gangs never hold GPUs waiting for each other."""
     gang = spec.scheduling.gang
     if gang is None:
         return None
+    if gang == "Native":
+        return _native_pod_group(job, spec, attempt)
     group_spec: dict[str, Any] = {"minMember": spec.workers}
     if gang == "Coscheduling":
         api_version = COSCHEDULING_API_VERSION
@@ -542,5 +553,19 @@ def render_pod_group(job: JobRef, spec: LLMTrainingJobSpec) -> dict[str, Any] | 
         "apiVersion": api_version,
         "kind": "PodGroup",
         "metadata": _metadata(job, job.name),
+        "spec": group_spec,
+    }
+
+
+def _native_pod_group(job: JobRef, spec: LLMTrainingJobSpec, attempt: int) -> dict[str, Any]:
+    """The attempt's scheduling.k8s.io PodGroup: minCount is the attempt's workers (a shrunk
+    gang's spec has fewer), the workers' priority class its priority for group preemption."""
+    group_spec: dict[str, Any] = {"schedulingPolicy": {"gang": {"minCount": spec.workers}}}
+    if spec.scheduling.priority_class_name:
+        group_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    return {
+        "apiVersion": NATIVE_API_VERSION,
+        "kind": "PodGroup",
+        "metadata": _metadata(job, pod_group_name(job, attempt)),
         "spec": group_spec,
     }

@@ -39,6 +39,8 @@ OPERATOR_RULES = {
     "persistentvolumeclaims": {"get", "list", "watch", "create", "patch"},
     "podgroups.scheduling.x-k8s.io": {"get", "create", "patch"},
     "podgroups.scheduling.volcano.sh": {"get", "create", "patch"},
+    "podgroups.scheduling.k8s.io": {"get", "create", "patch"},
+    "workloads.kueue.x-k8s.io": {"get"},
     "events": {"create"},
 }
 # The replicas' Lease, in the release namespace in either mode: create, and get/update of the

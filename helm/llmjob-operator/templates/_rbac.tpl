@@ -26,8 +26,9 @@ kopf needs for on.event handlers. No Secrets, no wildcards, no update of specs.
 - apiGroups: [""]
   resources: ["services", "configmaps", "persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# The gang schedulers' PodGroups (scheduling.gang), the same way; not watched.
-- apiGroups: ["scheduling.x-k8s.io", "scheduling.volcano.sh"]
+# The gang schedulers' PodGroups (scheduling.gang; scheduling.k8s.io for Native), the same
+# way; not watched.
+- apiGroups: ["scheduling.x-k8s.io", "scheduling.volcano.sh", "scheduling.k8s.io"]
   resources: ["podgroups"]
   verbs: ["get", "create", "patch"]
 # Kueue's Workload of a Queued gang, read for its reason (the Queued condition's message).
