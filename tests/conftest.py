@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client
 
-from llmjob_devcluster import cluster, kube, kueue, processes
+from llmjob_devcluster import cluster, kube, processes
+from llmjob_devcluster import kueue as kueue_component
 from llmjob_devcluster.layout import REPO_ROOT, Layout
 
 Obj = dict[str, Any]
@@ -36,7 +37,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     fixture then waits only for what is left of it."""
     if any("kueue" in getattr(item, "fixturenames", ()) for item in session.items):
         log = Path(os.environ.get("LLMJOB_CACHE", "/var/cache/llmjob")) / "kueue-build.log"
-        _kueue_head_start.append(kueue.start_build(log))
+        _kueue_head_start.append(kueue_component.start_build(log))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -118,6 +119,34 @@ def crd_installed(kubectl: list[str]) -> None:
 def kubectl(devcluster: Layout) -> list[str]:
     """The command line of the pinned kubectl (built with the cluster) for this cluster."""
     return [str(devcluster.bin_link / "kubectl"), f"--kubeconfig={devcluster.kubeconfig}"]
+
+
+@pytest.fixture(scope="session")
+def kueue(devcluster: Layout) -> Iterator[Layout]:
+    """The real Kueue on the local cluster: built on first use (cached), installed, its manager
+    started; stopped after the session unless it was running before (or LLMJOB_KEEP_CLUSTER).
+    Here for the integration and the end-to-end tests both; it manages pods only in namespaces
+    labelled kueue_component.MANAGED_NAMESPACE_LABEL=true."""
+    was_running = kueue_component.is_running(devcluster)
+    kueue_component.up(devcluster)
+    yield devcluster
+    if not was_running and not os.environ.get("LLMJOB_KEEP_CLUSTER"):
+        kueue_component.down(devcluster)
+
+
+@pytest.fixture
+def priority_classes(api_client: client.ApiClient) -> Iterator[dict[str, str]]:
+    """A low and a high PriorityClass of the test's own (cluster-scoped: named uniquely); Kueue
+    takes a pod group's priority from its pods' class."""
+    scheduling = client.SchedulingV1Api(api_client)
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    names = {level: f"{prefix}-{level}" for level in ("low", "high")}
+    for level, value in (("low", 100), ("high", 1000)):
+        body = {"metadata": {"name": names[level]}, "value": value}
+        scheduling.create_priority_class(kube.model(client.V1PriorityClass, body))
+    yield names
+    for name in names.values():
+        scheduling.delete_priority_class(name)
 
 
 def _exists(read: Callable[[], object]) -> bool:
