@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client
 
-from llmjob_devcluster import cluster, kube, kueue, processes, scalebuild
+from llmjob_devcluster import cluster, kube, processes, scalebuild
+from llmjob_devcluster import kueue as kueue_component
 from llmjob_devcluster.layout import REPO_ROOT, Layout
 
 Obj = dict[str, Any]
@@ -37,7 +38,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     cache = Path(os.environ.get("LLMJOB_CACHE", "/var/cache/llmjob"))
     fixtures = {name for item in session.items for name in getattr(item, "fixturenames", ())}
     if "kueue" in fixtures:
-        _head_starts.append(kueue.start_build(cache / "kueue-build.log"))
+        _head_starts.append(kueue_component.start_build(cache / "kueue-build.log"))
     if "scale_cluster" in fixtures:
         _head_starts.append(scalebuild.start_build(cache / "scale-build.log"))
 
@@ -121,6 +122,34 @@ def crd_installed(kubectl: list[str]) -> None:
 def kubectl(devcluster: Layout) -> list[str]:
     """The command line of the pinned kubectl (built with the cluster) for this cluster."""
     return [str(devcluster.bin_link / "kubectl"), f"--kubeconfig={devcluster.kubeconfig}"]
+
+
+@pytest.fixture(scope="session")
+def kueue(devcluster: Layout) -> Iterator[Layout]:
+    """The real Kueue on the local cluster: built on first use (cached), installed, its manager
+    started; stopped after the session unless it was running before (or LLMJOB_KEEP_CLUSTER).
+    Here for the integration and the end-to-end tests both; it manages pods only in namespaces
+    labelled kueue_component.MANAGED_NAMESPACE_LABEL=true."""
+    was_running = kueue_component.is_running(devcluster)
+    kueue_component.up(devcluster)
+    yield devcluster
+    if not was_running and not os.environ.get("LLMJOB_KEEP_CLUSTER"):
+        kueue_component.down(devcluster)
+
+
+@pytest.fixture
+def priority_classes(api_client: client.ApiClient) -> Iterator[dict[str, str]]:
+    """A low and a high PriorityClass of the test's own (cluster-scoped: named uniquely); Kueue
+    takes a pod group's priority from its pods' class."""
+    scheduling = client.SchedulingV1Api(api_client)
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    names = {level: f"{prefix}-{level}" for level in ("low", "high")}
+    for level, value in (("low", 100), ("high", 1000)):
+        body = {"metadata": {"name": names[level]}, "value": value}
+        scheduling.create_priority_class(kube.model(client.V1PriorityClass, body))
+    yield names
+    for name in names.values():
+        scheduling.delete_priority_class(name)
 
 
 def _exists(read: Callable[[], object]) -> bool:

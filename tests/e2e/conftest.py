@@ -14,8 +14,18 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.integration.helm_chart import Helm, installed, operator_pod, operator_values
+from llmjob_devcluster import kueue as kueue_component
+from llmjob_devcluster.layout import Layout
+from tests.conftest import create_test_namespace
+from tests.integration.helm_chart import (
+    RESTRICTED,
+    Helm,
+    installed,
+    operator_pod,
+    operator_values,
+)
 from tests.integration.jobs import Jobs
+from tests.integration.kueue_queues import Queues
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE = "llmjob-e2e"
@@ -84,9 +94,8 @@ def e2e_operator(
 
 
 def restricted_namespace(core: client.CoreV1Api, name: str) -> str:
-    labels = {"pod-security.kubernetes.io/enforce": "restricted"}
     core.create_namespace(
-        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=RESTRICTED))
     )
     return name
 
@@ -151,5 +160,39 @@ def trainer_jobs(
     api_client: client.ApiClient, training_ns: str, e2e_operator: Operator, kubectl_apply: Any
 ) -> Jobs:
     jobs = Jobs(api_client, training_ns)
+    prepare_data(kubectl_apply, jobs)
+    return jobs
+
+
+@pytest.fixture
+def queued_training_ns(
+    core: client.CoreV1Api, request: pytest.FixtureRequest, kueue: Layout
+) -> Iterator[str]:
+    """A fresh restricted namespace whose pods the real Kueue manages (it opts in by its
+    label): the data Job's pods carry no queue name and run as without Kueue."""
+    labels = {**RESTRICTED, kueue_component.MANAGED_NAMESPACE_LABEL: "true"}
+    name = create_test_namespace(request, core, labels)
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def training_queues(api_client: client.ApiClient, queued_training_ns: str) -> Iterator[Queues]:
+    """The test's own ClusterQueue, ResourceFlavor and LocalQueue (see Queues.create); removed
+    before its namespace."""
+    made = Queues(api_client, queued_training_ns)
+    yield made
+    print(f"\nKueue's view of {queued_training_ns}:\n{made.describe()}")
+    made.delete()
+
+
+@pytest.fixture
+def queued_trainer_jobs(
+    api_client: client.ApiClient,
+    queued_training_ns: str,
+    e2e_operator: Operator,
+    kubectl_apply: Any,
+) -> Jobs:
+    jobs = Jobs(api_client, queued_training_ns)
     prepare_data(kubectl_apply, jobs)
     return jobs

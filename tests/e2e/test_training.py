@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,9 @@ from kubernetes import client
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmjob_devcluster.layout import Layout
-from tests.conftest import wait_for
+from llmjob_operator.render import KUEUE_QUEUE_LABEL
+from llmjob_trainer.config import checkpoint_tag
+from tests.conftest import container_logs, wait_for
 from tests.e2e.conftest import CHECKPOINT_INTERVAL, TRAINING, Operator, trainer_job
 from tests.e2e.pod_processes import operator_processes, trainer_ranks
 from tests.e2e.training import (
@@ -32,6 +34,7 @@ from tests.e2e.training import (
     worker_logs,
 )
 from tests.integration.jobs import GangWatch, Jobs, condition
+from tests.integration.kueue_queues import Queues
 
 pytestmark = pytest.mark.e2e
 MAX_STEPS = TRAINING["maxSteps"]
@@ -207,6 +210,110 @@ def test_suspend_checkpoints_on_sigterm_and_resume_continues_from_there_on_fewer
     assert done["progress"]["step"] == MAX_STEPS
     assert resumed_step(trainer_jobs, "paused") == sigterm_step
     assert "to universal format" in worker_logs(trainer_jobs, "paused", 0)
+
+
+def log_time(line: str) -> float:
+    """The time of a trainer log line (logging's asctime; the image's clock is UTC)."""
+    stamp = datetime.strptime(" ".join(line.split()[:2]), "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.replace(tzinfo=UTC).timestamp()
+
+
+def test_a_preempting_job_gets_the_quota_and_the_preempted_one_resumes_losing_no_step(
+    queued_trainer_jobs: Jobs,
+    training_queues: Queues,
+    priority_classes: dict[str, str],
+    devcluster: Layout,
+    reference: dict[str, Any],
+) -> None:
+    """Under the real Kueue with quota for one job: a higher-priority job evicts a training
+    one, whose workers commit on SIGTERM; the operator counts a disruption (not a restart)
+    and queues the gang again; re-admitted once the quota is free, it resumes at the step it
+    stopped at and ends with the weights of the uninterrupted run."""
+    if "weights" not in reference:
+        pytest.fail("needs the happy-path run's weights (run the whole module)")
+    jobs = queued_trainer_jobs
+    # Two workers of the e2e size (500m, 1Gi each): one such job at a time.
+    queue = training_queues.create(
+        quota={"cpu": "1", "memory": "2Gi"}, preemption={"withinClusterQueue": "LowerPriority"}
+    )
+    # A CPU step takes tens of ms, the whole run seconds: rank 0 of attempt 1 holds in the
+    # commit of step 40 until the test releases it, so that the eviction always finds it
+    # training (the files live on the claim, which the test sees at checkpoint_dir).
+    hold_step, release = 2 * CHECKPOINT_INTERVAL, "release-preemption"
+    low = trainer_job(
+        "low",
+        scheduling={"priorityClassName": priority_classes["low"]},
+        env=[
+            {"name": "LLMJOB_FAULT", "value": f"hold-before-fence:{hold_step}@1"},
+            {"name": "LLMJOB_FAULT_RELEASE", "value": f"/checkpoints/low/{release}"},
+        ],
+    )
+    low["metadata"]["labels"] = {KUEUE_QUEUE_LABEL: queue}
+    jobs.create(low)
+
+    def rank0_log(needle: str) -> str | None:
+        lines = container_logs(devcluster, jobs.namespace, "low-worker-0", "trainer")
+        return next((line for line in lines.splitlines() if needle in line), None)
+
+    wait_for(lambda: rank0_log("holding at hold-before-fence"), timeout=120, what="the hold")
+    # Short and on one worker: it needs half the quota, so the low job must make way.
+    high = trainer_job(
+        "high",
+        workers=1,
+        training={**TRAINING, "maxSteps": 10},
+        scheduling={"priorityClassName": priority_classes["high"]},
+    )
+    high["metadata"]["labels"] = {KUEUE_QUEUE_LABEL: queue}
+    jobs.create(high)
+    arrival = parse_time(jobs.get("high")["metadata"]["creationTimestamp"])
+    sigterm = wait_for(lambda: rank0_log("SIGTERM: stopping"), timeout=60, what="SIGTERM")
+    (checkpoint_dir(jobs, "low") / release).touch()
+
+    requeued = jobs.wait(
+        "low", lambda s: s.get("attempt") == 2 and s.get("phase") == "Queued", timeout=120
+    )
+    assert (requeued["restarts"], requeued["disruptions"]) == (0, 1)
+    failure = requeued["lastFailure"]
+    assert (failure["reason"], failure["counted"], failure["attempt"]) == ("Preempted", False, 1)
+    stopped = rank0_log("stopped by SIGTERM at step")
+    assert stopped is not None, "attempt 1 did not stop through its SIGTERM commit"
+    stopped_step = int(stopped.split("at step")[1].split()[0])
+    commit = rank0_log(f"committed {checkpoint_tag(stopped_step)}")
+    assert commit is not None
+    assert stopped_step > hold_step
+    # Queued, it holds nothing: its newest commit on the claim is the SIGTERM one.
+    assert committed_steps(checkpoint_dir(jobs, "low"))[-1] == stopped_step
+    assert not any(pod.spec.node_name for pod in jobs.pods("low"))
+
+    finished = jobs.wait_phase("high", "Succeeded", timeout=300)
+    running = jobs.wait(
+        "low", lambda s: s.get("attempt") == 2 and s.get("phase") == "Running", timeout=120
+    )
+    admitted = condition(running, "Queued")
+    assert admitted is not None and admitted["message"].startswith("attempt 2 admitted")
+    done = jobs.wait_phase("low", "Succeeded", timeout=600)
+    resumed = resumed_step(jobs, "low")
+    assert resumed == stopped_step
+    assert (done["attempt"], done["restarts"], done["disruptions"]) == (2, 0, 1)
+    assert done["progress"]["step"] == MAX_STEPS
+    differing = same_weights(exported_weights(checkpoint_dir(jobs, "low")), reference["weights"])
+    assert differing == [], f"weights differ from the uninterrupted run: {differing[:5]}"
+
+    def since(moment: str) -> str:
+        # Whole seconds: the API's timestamps have no finer grain.
+        return f"{parse_time(moment) - arrival:.0f}s"
+
+    print(
+        "\nFIGURES preemption, from the high job's arrival:"
+        f" SIGTERM at the low job's rank 0 {log_time(sigterm) - arrival:.1f}s,"
+        f" eviction seen by the operator {since(failure['time'])},"
+        f" {commit.split(' ', 4)[-1]} (the SIGTERM commit, step {stopped_step}),"
+        f" high done {since(finished['completionTime'])},"
+        f" low re-admitted {since(admitted['lastTransitionTime'])},"
+        f" running again {since(running['runningTime'])},"
+        f" resumed at step {resumed}: steps lost {stopped_step - resumed};"
+        f" status.checkpoint while queued: {requeued.get('checkpoint')}"
+    )
 
 
 def test_a_frozen_rank_is_detected_as_stalled_and_the_job_recovers(trainer_jobs: Jobs) -> None:

@@ -1,7 +1,6 @@
 """Fixtures for tests against the local cluster: the operator running, the CRD installed.
 The cluster itself, clients, kubectl and namespaces come from tests/conftest.py."""
 
-import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -84,17 +83,6 @@ def restricted_namespaces(api_client: client.ApiClient) -> Iterator[Callable[[st
 
 
 # -- Kueue (test_kueue*.py) -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def kueue(devcluster: Layout) -> Iterator[Layout]:
-    """The real Kueue on the local cluster: built on first use (cached), installed, its manager
-    started; stopped after the session unless it was running before (or LLMJOB_KEEP_CLUSTER)."""
-    was_running = kueue_component.is_running(devcluster)
-    kueue_component.up(devcluster)
-    yield devcluster
-    if not was_running and not os.environ.get("LLMJOB_KEEP_CLUSTER"):
-        kueue_component.down(devcluster)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ higher-priority one is disrupted (not charged a restart) and queues again."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -158,22 +157,6 @@ def test_a_restarted_gang_queues_again_as_its_attempts_own_pod_group(
     assert first is None or any(
         c["type"] == "Finished" and c["status"] == "True" for c in first["status"]["conditions"]
     )
-
-
-@pytest.fixture
-def priority_classes(
-    api_client: client.ApiClient, kueue_namespace: str
-) -> Iterator[dict[str, str]]:
-    """A low and a high PriorityClass of the test's own (Kueue takes a pod group's priority
-    from its pods' class)."""
-    scheduling = client.SchedulingV1Api(api_client)
-    names = {level: f"{kueue_namespace[:50]}-{level}" for level in ("low", "high")}
-    for level, value in (("low", 100), ("high", 1000)):
-        body = {"metadata": {"name": names[level]}, "value": value}
-        scheduling.create_priority_class(kube.model(client.V1PriorityClass, body))
-    yield names
-    for name in names.values():
-        scheduling.delete_priority_class(name)
 
 
 def test_a_higher_priority_job_preempts_a_running_one_which_queues_again_uncounted(
