@@ -89,7 +89,7 @@ bench-operator: cluster
 bench-scale: export LLMJOB_DEVCLUSTER_DIR := $(CURDIR)/.devcluster-scale
 bench-scale: export LLMJOB_DEVCLUSTER_NODE_GRACE_SECONDS := 50
 bench-scale: venv
-	$(call on_cluster,cd $(CURDIR) && $(PY) -m bench.scale --sizes $${BENCH_SIZES:-1,100,1000})
+	$(call on_cluster,cd $(CURDIR) && $(PY) -m bench.scale)
 
 # Runs $(1) on the local cluster; stops the cluster afterwards (also when a test fails)
 # unless it was already running before.

@@ -17,12 +17,14 @@ Then each of llmjob's figures as a ratio to JobSet's. KWOK pods run nothing, so 
 progress reads from rank 0 find no /metrics (that costs a condition per job, once).
 
 Usage: python -m bench.scale [--sizes 1,100,1000] [--steady-seconds 60] [--systems ...]
+(`make bench-scale`, sizes from BENCH_SIZES)
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 import tempfile
@@ -41,12 +43,13 @@ from tests.apiserver_requests import WRITES, Request, snapshot
 from tests.integration.jobs import standin_job
 from tests.integration.operator_process import OperatorProcess
 
+from llmjob_devcluster import hostmanager, kwok, processes
 from llmjob_devcluster import jobset as jobset_component
-from llmjob_devcluster import kwok, processes
 from llmjob_devcluster.layout import Layout
 from llmjob_operator.api import GROUP, PLURAL, VERSION
 from llmjob_operator.render import ATTEMPT_LABEL, JOB_NAME_LABEL
 
+REPO = Path(__file__).resolve().parents[1]
 WORKERS = 8
 GPUS_PER_NODE = 8
 JOBSET_GROUP, JOBSET_VERSION = "jobset.x-k8s.io", "v1alpha2"
@@ -555,7 +558,7 @@ def print_table(rounds: list[Round]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", default="1,100,1000")
+    parser.add_argument("--sizes", default=os.environ.get("BENCH_SIZES", "1,100,1000"))
     parser.add_argument("--systems", default="llmjob,jobset")
     parser.add_argument("--steady-seconds", type=float, default=60.0)
     args = parser.parse_args()
@@ -568,11 +571,12 @@ def main() -> int:
         "jobset": lambda: JobSet(api, layout),
     }
     systems = [known[name]() for name in args.systems.split(",")]
-    kwok.up(
-        layout,
-        nodes=max(4, math.ceil(max(sizes) * WORKERS / GPUS_PER_NODE)),
-        gpus_per_node=GPUS_PER_NODE,
-    )
+    # The CRD as the README installs it.
+    crd = str(REPO / "crds" / "llmtrainingjobs.training.llmjob.dev.yaml")
+    hostmanager.kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", crd)
+    hostmanager.kubectl(layout, "wait", "--for=condition=Established", "-f", crd)
+    nodes = max(4, math.ceil(max(sizes) * WORKERS / GPUS_PER_NODE))
+    kwok.up(layout, nodes=nodes, gpus_per_node=GPUS_PER_NODE)
     rounds = []
     started = time.monotonic()
     for jobs in sizes:
