@@ -7,8 +7,12 @@
 # webhook configurations).
 #
 # dev/scale is a module of its own: both pin Kubernetes v0.36, like dev/kueue, not the control
-# plane's v0.37. Prints the output directory (bin/kwok, bin/jobset, kwok-stages/, jobset-config/)
-# on stdout; progress goes to stderr. Concurrent runs build once (a lock).
+# plane's v0.37. Its requirements are raised to dev/kueue's versions wherever those are newer
+# (k8s.io v0.36.2, x/net, otelhttp, ...; MVS allows any upgrade): 844 of its 1,040 packages
+# outside the standard library then compile exactly as Kueue's do, and come from the Go build
+# cache when Kueue was built first (195 at the versions KWOK and JobSet pin).
+# Prints the output directory (bin/kwok, bin/jobset, kwok-stages/, jobset-config/) on stdout;
+# progress goes to stderr. Concurrent runs build once (a lock).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -39,7 +39,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     fixtures = {name for item in session.items for name in getattr(item, "fixturenames", ())}
     if "kueue" in fixtures:
         _head_starts.append(kueue_component.start_build(cache / "kueue-build.log"))
-    if "scale_cluster" in fixtures:
+    if fixtures & {"scale_cluster", "kwok_nodes"}:
         _head_starts.append(scalebuild.start_build(cache / "scale-build.log"))
 
 
