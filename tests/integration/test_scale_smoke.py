@@ -20,7 +20,7 @@ JOBS = 2
 
 
 @pytest.fixture(scope="module")
-def scale_cluster(devcluster: Layout) -> Iterator[Layout]:
+def scale_cluster(devcluster: Layout, crd_installed: None) -> Iterator[Layout]:
     kwok.up(devcluster, nodes=JOBS * scale.WORKERS // scale.GPUS_PER_NODE)
     yield devcluster
     jobset_component.down(devcluster)
