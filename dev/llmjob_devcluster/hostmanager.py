@@ -4,7 +4,10 @@ pointed at a loopback URL instead of an in-cluster Service, and kubectl against 
 
 from __future__ import annotations
 
+import json
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +51,31 @@ def kubectl(layout: Layout, *args: str, stdin: str | None = None) -> str:
         capture_output=True,
         text=True,
     ).stdout
+
+
+def apply_and_wait(layout: Layout, objects: list[Obj]) -> None:
+    """Server-side applies the manifests (ours to own, whoever applied them before) and waits
+    until every CRD among them is Established."""
+    kubectl(
+        layout,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=llmjob-devcluster",
+        "-f",
+        "-",
+        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
+    )
+    crds = [
+        f"crd/{o['metadata']['name']}" for o in objects if o["kind"] == "CustomResourceDefinition"
+    ]
+    kubectl(layout, "wait", "--for=condition=Established", "--timeout=60s", *crds)
+
+
+def answers_ok(url: str) -> bool:
+    """A host process's health endpoint answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

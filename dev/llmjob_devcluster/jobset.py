@@ -18,13 +18,10 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
-import json
 import os
 import shutil
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -105,29 +102,11 @@ def install(layout: Layout, built: Path) -> None:
         layout.bin_link / "kubectl", built / "jobset-config" / "default"
     )
     objects = manifests(rendered, layout.jobset_webhook_port, ca_bundle)
-    hostmanager.kubectl(
-        layout,
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=llmjob-devcluster",
-        "-f",
-        "-",
-        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
-    )
-    crds = [
-        f"crd/{o['metadata']['name']}" for o in objects if o["kind"] == "CustomResourceDefinition"
-    ]
-    hostmanager.kubectl(layout, "wait", "--for=condition=Established", "--timeout=60s", *crds)
+    hostmanager.apply_and_wait(layout, objects)
 
 
 def is_healthy(layout: Layout) -> bool:
-    url = f"http://127.0.0.1:{layout.jobset_health_port}/readyz"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+    return hostmanager.answers_ok(f"http://127.0.0.1:{layout.jobset_health_port}/readyz")
 
 
 def is_running(layout: Layout) -> bool:

@@ -25,14 +25,11 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -194,30 +191,12 @@ def install(layout: Layout, built: Path) -> None:
         layout.kueue_webhook_port,
         ca_bundle,
     )
-    hostmanager.kubectl(
-        layout,
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=llmjob-devcluster",
-        "-f",
-        "-",
-        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
-    )
-    crds = [
-        f"crd/{o['metadata']['name']}" for o in objects if o["kind"] == "CustomResourceDefinition"
-    ]
-    hostmanager.kubectl(layout, "wait", "--for=condition=Established", "--timeout=60s", *crds)
+    hostmanager.apply_and_wait(layout, objects)
 
 
 def is_healthy(layout: Layout) -> bool:
     """Ready: its webhook server is serving (Kueue's own readyz says so)."""
-    url = f"http://127.0.0.1:{layout.kueue_health_port}/readyz"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+    return hostmanager.answers_ok(f"http://127.0.0.1:{layout.kueue_health_port}/readyz")
 
 
 def is_running(layout: Layout) -> bool:

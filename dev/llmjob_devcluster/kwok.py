@@ -20,8 +20,6 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -145,12 +143,7 @@ def _write_stages(layout: Layout, built: Path) -> Path:
 
 
 def is_healthy(layout: Layout) -> bool:
-    url = f"http://127.0.0.1:{layout.kwok_server_port}/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+    return hostmanager.answers_ok(f"http://127.0.0.1:{layout.kwok_server_port}/healthz")
 
 
 def is_running(layout: Layout) -> bool:
