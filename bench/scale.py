@@ -479,6 +479,9 @@ def run_round(
             figures.startup.append(attempt_running[1] - created[name])
         print(f"  {system.name} x{jobs}: all Running", file=sys.stderr, flush=True)
         wait_until("every job settled", lambda: system.settled(namespace, names), timeout=300)
+        # The counters are cluster-wide: another namespace being emptied (its pods deleted,
+        # their events written) is not this system's steady state.
+        wait_until("no namespace terminating", lambda: not terminating(core), timeout=300)
 
         steady0 = snapshot(api)
         time.sleep(steady_seconds)
@@ -533,6 +536,10 @@ def run_round(
         # The namespace's deletion writes too: not in the next round's steady state.
         wait_until("the namespace deleted", lambda: gone(core, namespace), timeout=300)
     return figures
+
+
+def terminating(core: client.CoreV1Api) -> bool:
+    return any(n.status.phase == "Terminating" for n in core.list_namespace().items)
 
 
 def gone(core: client.CoreV1Api, namespace: str) -> bool:
