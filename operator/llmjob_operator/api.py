@@ -454,7 +454,8 @@ class NodeLossPolicy(ApiModel):
         le=86400,
         description="How long a restarted gang (attempt 2 on) may wait with workers the scheduler "
         "cannot place (the capacity of a lost node has not come back) before the next attempt "
-        "runs on the workers that were placed.",
+        "runs on the workers that were placed. Under scheduling.gang, which binds all "
+        "workers or none, it runs on the next smaller size instead, one size per wait.",
     )
     min_workers: int = Field(
         ge=1,

@@ -691,6 +691,10 @@ class _Planner:
             self.wake_in(policy.shrink_after_seconds - waited)
             return False
         placed = sum(w.node_name is not None for w in current)
+        if self.spec.scheduling.gang is not None:
+            # A gang scheduler binds all workers or none, so how many would fit is not
+            # shown: try the next smaller size; each further wait steps down again.
+            placed = self.gang_size - 1
         size = shrunk_size(self.spec, placed, self.gang_size)
         if size is None:
             return False

@@ -892,6 +892,26 @@ def test_a_restarted_gang_that_cannot_be_placed_shrinks_after_the_wait() -> None
     }
 
 
+def test_under_a_gang_scheduler_an_unplaced_gang_steps_down_one_size_per_wait() -> None:
+    # All or none is bound, so no worker shows how many would fit.
+    native = spec(**SHRINKABLE, scheduling={"gang": "Native"})
+    result = run(status=restarted_status(61), workers=pending_gang(2, 0), job_spec=native)
+    assert (result.status.phase, result.status.gang_workers) == ("Restarting", 3)
+    again = run(
+        status=restarted_status(61, attempt=3, gangWorkers=3),
+        workers=pending_gang(3, 0, total=3),
+        job_spec=native,
+    )
+    assert (again.status.phase, again.status.gang_workers) == ("Restarting", 2)
+    at_min = run(
+        status=restarted_status(61, attempt=4, gangWorkers=2),
+        workers=pending_gang(4, 0, total=2),
+        job_spec=native,
+    )
+    assert (at_min.status.phase, at_min.status.gang_workers) == ("Pending", 2)  # minWorkers 2
+    assert not deleted(at_min)
+
+
 def test_no_shrink_without_the_policy_a_commit_or_a_restart() -> None:
     shrinkable = spec(**SHRINKABLE)
     cases = {
