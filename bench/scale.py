@@ -4,9 +4,10 @@ local cluster's real etcd, kube-apiserver, controller-manager and scheduler.
 For each size (jobs of 8 workers, 1 GPU each, submitted at once) and each system, in a fresh
 namespace with a fresh controller process:
 - startup: apply -> all 8 workers Running, per job (p50, p99, max);
-- steady state: API requests per job per minute to the workload's resources (pods, events,
-  services, the jobs themselves...), from the API server's own counters; KWOK's simulated
-  kubelets' heartbeats are left out;
+- steady state: API writes per job per minute in the round's namespace, by anyone, from the
+  API server's audit log (its counters have no namespace label, and other namespaces being
+  emptied write at the same time), and reads of the workload's resources (pods, events,
+  services, the jobs themselves...) from its request counters;
 - recovery: one worker of every job fails at once (KWOK's fail stage: exit code 1) -> the
   gang Running again (p50, p99);
 - deletion: delete every job -> no pod left;
@@ -39,11 +40,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kubernetes import client, config, watch
-from tests.apiserver_requests import WRITES, Request, snapshot
+from tests.apiserver_requests import Request, snapshot
 from tests.integration.jobs import standin_job
 from tests.integration.operator_process import OperatorProcess
 
-from llmjob_devcluster import hostmanager, kwok, processes
+from llmjob_devcluster import audit, hostmanager, kwok, processes
 from llmjob_devcluster import jobset as jobset_component
 from llmjob_devcluster.layout import Layout
 from llmjob_operator.api import GROUP, PLURAL, VERSION
@@ -370,11 +371,9 @@ def latency_p99(before: Counter[float], after: Counter[float]) -> float:
     return float("inf")
 
 
-# What either system writes for its jobs. Left out: KWOK's node heartbeats (nodes, leases: the
+# What either system reads for its jobs. Left out: KWOK's node heartbeats (nodes, leases: the
 # simulated kubelets', with or without jobs), the operator's own Lease (per replica, not per
-# job), the control plane's EndpointSlices (of both systems' headless Services) and ConfigMaps
-# (the controller manager's kube-root-ca.crt in every namespace another test makes; llmjob's
-# one ConfigMap per attempt is written at start-up only).
+# job), the control plane's EndpointSlices and ConfigMaps (in every namespace).
 WORKLOAD_RESOURCES = frozenset(
     {
         "pods",
@@ -388,14 +387,19 @@ WORKLOAD_RESOURCES = frozenset(
 )
 
 
-def split(delta: Counter[Request]) -> tuple[int, int]:
-    """(writes, reads) of workload resources in a request count delta; WATCH requests are
+def workload_reads(delta: Counter[Request]) -> int:
+    """GETs and LISTs of workload resources in a request count delta; WATCH requests are
     long-running and not counted."""
-    workload = {r: n for r, n in delta.items() if r.resource in WORKLOAD_RESOURCES}
-    # Collection deletes are the namespace controller's (an earlier round's namespace).
-    writes = sum(n for r, n in workload.items() if r.verb in WRITES - {"DELETECOLLECTION"})
-    reads = sum(n for r, n in workload.items() if r.verb in ("GET", "LIST"))
-    return writes, reads
+    return sum(
+        n
+        for r, n in delta.items()
+        if r.resource in WORKLOAD_RESOURCES and r.verb in ("GET", "LIST")
+    )
+
+
+def describe(write: audit.Write) -> str:
+    resource = write.resource + (f"/{write.subresource}" if write.subresource else "")
+    return f"{write.verb} {resource} by {write.user}"
 
 
 @dataclass
@@ -479,23 +483,17 @@ def run_round(
             figures.startup.append(attempt_running[1] - created[name])
         print(f"  {system.name} x{jobs}: all Running", file=sys.stderr, flush=True)
         wait_until("every job settled", lambda: system.settled(namespace, names), timeout=300)
-        # The counters are cluster-wide: another namespace being emptied (its pods deleted,
-        # their events written) is not this system's steady state.
+        # The read counters are cluster-wide: another namespace being emptied is not this
+        # system's steady state.
         wait_until("no namespace terminating", lambda: not terminating(core), timeout=300)
 
-        steady0 = snapshot(api)
+        steady0, audit0 = snapshot(api), audit.mark(layout)
         time.sleep(steady_seconds)
-        steady = snapshot(api) - steady0
-        writes, reads = split(steady)
-        figures.steady_writes = Counter(
-            {
-                f"{r.verb} {r.resource}{'/' + r.subresource if r.subresource else ''}": n
-                for r, n in steady.items()
-                if r.resource in WORKLOAD_RESOURCES and r.verb in WRITES - {"DELETECOLLECTION"}
-            }
-        )
+        reads = workload_reads(snapshot(api) - steady0)
+        writes = [w for w in audit.writes_since(audit0) if w.namespace == namespace]
+        figures.steady_writes = Counter(describe(w) for w in writes)
         minutes_jobs = jobs * steady_seconds / 60
-        figures.writes_per_job_minute = writes / minutes_jobs
+        figures.writes_per_job_minute = len(writes) / minutes_jobs
         figures.reads_per_job_minute = reads / minutes_jobs
 
         first = {n: clock.gang_running_at(n) for n in names}

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from llmjob_devcluster import certs, processes
+from llmjob_devcluster import audit, certs, processes
 from llmjob_devcluster.layout import REPO_ROOT, Layout
 from llmjob_devcluster.podprocs import kill_leftover_pods
 
@@ -166,6 +166,7 @@ def component_argv(layout: Layout, bin_dir: Path, name: str) -> list[str]:
             f"--default-not-ready-toleration-seconds={UNREACHABLE_TOLERATION_SECONDS}",
             f"--default-unreachable-toleration-seconds={UNREACHABLE_TOLERATION_SECONDS}",
             "--profiling=false",
+            *audit.apiserver_flags(layout),
         ]
     if name == "kube-controller-manager":
         kubeconfig = kubeconfigs / "controller-manager.kubeconfig"
@@ -302,6 +303,7 @@ def up(layout: Layout) -> None:
     write_kubeconfig(layout, kubeconfigs / "scheduler.kubeconfig", SCHEDULER)
     for node_client in node_clients:
         write_kubeconfig(layout, layout.node_kubeconfig(node_client.name), node_client)
+    audit.write_policy(layout)
     started_any = False
     for name in COMPONENTS:
         if processes.running_pid(layout.pid_dir, name) is not None and is_healthy(layout, name):

@@ -8,7 +8,8 @@ import subprocess
 import pytest
 from kubernetes import client
 
-from llmjob_devcluster import kube
+from llmjob_devcluster import audit, kube
+from llmjob_devcluster.layout import Layout
 from tests import apiserver_requests
 from tests.apiserver_requests import Request
 from tests.conftest import wait_for
@@ -65,3 +66,21 @@ def test_kubectl_and_the_client_read_the_same_counts(
     by_kubectl = apiserver_requests.parse(metrics)[creates]
     assert by_client == by_kubectl >= 1
     assert apiserver_requests.snapshot(api_client)[creates] == by_client
+
+
+def test_the_audit_log_names_each_write_its_user_and_namespace(
+    devcluster: Layout, core: client.CoreV1Api, namespace: str
+) -> None:
+    start = audit.mark(devcluster)
+    core.create_namespaced_config_map(
+        namespace, kube.model(client.V1ConfigMap, {"metadata": {"name": "audited"}})
+    )
+    core.read_namespaced_config_map("audited", namespace)
+    core.delete_namespaced_config_map("audited", namespace)
+
+    ours = [w for w in audit.writes_since(start) if w.namespace == namespace]
+    assert [(w.verb, w.resource, w.name, w.code) for w in ours] == [
+        ("create", "configmaps", "audited", 201),
+        ("delete", "configmaps", "audited", 200),
+    ]  # the read is not a write: not logged
+    assert {w.user for w in ours} == {"kubernetes-admin"}
