@@ -690,8 +690,9 @@ class _Planner:
         if waited < policy.shrink_after_seconds:
             self.wake_in(policy.shrink_after_seconds - waited)
             return False
-        placed = sum(w.node_name is not None for w in current)
-        if self.spec.scheduling.gang is not None:
+        if self.spec.scheduling.gang is None:
+            placed = sum(w.node_name is not None for w in current)
+        else:
             # A gang scheduler binds all workers or none, so how many would fit is not
             # shown: try the next smaller size; each further wait steps down again.
             placed = self.gang_size - 1
