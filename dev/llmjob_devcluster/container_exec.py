@@ -35,6 +35,10 @@ def mountpoint(root: Path, path: str, is_dir: bool) -> Path:
     return target
 
 
+def _under_dev(path: str) -> bool:
+    return Path(path).is_relative_to("/dev")
+
+
 def bind(source: str, target: Path, read_only: bool) -> None:
     """Onto a mount point made beforehand (the root may be read-only by now)."""
     mount("--bind", source, str(target))
@@ -62,7 +66,10 @@ def build_root(spec: dict[str, Any]) -> Path:
         f"lowerdir={lower},upperdir={upper},workdir={work}",
         str(root),
     )
-    mounts = spec["mounts"]
+    # Mounts under /dev (the termination-message file) go onto the host's /dev, bound in
+    # below: their mount points are made there, the mounts stay in the pod's namespace.
+    mounts = [m for m in spec["mounts"] if not _under_dev(m["target"])]
+    dev_mounts = [m for m in spec["mounts"] if _under_dev(m["target"])]
     # Mount points go into the writable layer before the root turns read-only.
     for special in ("proc", "sys", "dev"):
         mountpoint(root, f"/{special}", is_dir=True)
@@ -77,6 +84,9 @@ def build_root(spec: dict[str, Any]) -> Path:
     for special in ("proc", "sys", "dev"):
         mount("--rbind", f"/{special}", str(root / special))
     mount("--bind", spec["shm"], str(root / "dev" / "shm"))
+    for volume in dev_mounts:
+        target = mountpoint(root, volume["target"], Path(volume["source"]).is_dir())
+        bind(volume["source"], target, volume["readOnly"])
     for volume in mounts:
         bind(volume["source"], inside(root, volume["target"]), volume["readOnly"])
     bind(spec["hostsFile"], inside(root, "/etc/hosts"), read_only=True)

@@ -66,6 +66,12 @@ MAX_PULL_BACKOFF_SECONDS = 30.0
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Pod tokens are requested for this long; the kubelet's default for projected tokens.
 TOKEN_SECONDS = 3607
+# Termination messages as the kubelet keeps them: the file's first 4 KiB; under
+# FallbackToLogsOnError, for a failed container that left the file empty, its log's last 80
+# lines, at most 2 KiB.
+DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+TERMINATION_MESSAGE_BYTES = 4096
+FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES = 80, 2048
 
 
 class PodHost(Protocol):
@@ -604,7 +610,7 @@ class PodWorker(threading.Thread):
                 "work": str(container_dir / "work"),
                 "readOnly": bool(context.get("readOnlyRootFilesystem")),
             },
-            "mounts": self._mounts([container]),
+            "mounts": [*self._mounts([container]), *self._termination_mount(container, probed)],
             "shm": str(self.dir / "shm"),
             "hostsFile": str(self.hosts_path()),
             "hostnameFile": str(self.dir / "hostname"),
@@ -612,11 +618,34 @@ class PodWorker(threading.Thread):
         argv = [*enter, sys.executable, "-I", str(CONTAINER_EXEC_SCRIPT), json.dumps(spec)]
         return argv, env
 
+    def _termination_log(self, container: Container) -> Path:
+        return self.dir / "containers" / container.name / "termination-log"
+
+    def _termination_mount(
+        self, container: Container, probed: Container | None
+    ) -> list[dict[str, Any]]:
+        """The container's own termination-message file at its terminationMessagePath. Only
+        for containers of an image: those of the host environment share one root."""
+        if probed is not None or container.image is None:
+            return []
+        target = container.spec.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH
+        source = self._termination_log(container)
+        return [{"source": str(source), "target": target, "readOnly": False}]
+
+    def _log_path(self, container: Container) -> Path:
+        return self.log_dir / container.name / f"{container.restart_count}.log"
+
     def _start_container(self, container: Container) -> None:
+        if container.image is not None:
+            # Empty for each start, and writable by any user, as the kubelet makes it.
+            message_file = self._termination_log(container)
+            message_file.parent.mkdir(parents=True, exist_ok=True)
+            message_file.write_bytes(b"")
+            message_file.chmod(0o666)
         argv, env = self._container_argv(container)
-        log_dir = self.log_dir / container.name
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / f"{container.restart_count}.log", "ab") as log_file:
+        log_path = self._log_path(container)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
             container.process = subprocess.Popen(
                 argv,
                 env=env,
@@ -647,9 +676,24 @@ class PodWorker(threading.Thread):
         }
         if code < 0:
             terminated["signal"] = -code
+        message = self._termination_message(container, exit_code)
+        if message:
+            terminated["message"] = message
         container.state = {"terminated": terminated}
         container.process = None
         container.ready = False
+
+    def _termination_message(self, container: Container, exit_code: int) -> str:
+        message = b""
+        if container.image is not None:
+            with contextlib.suppress(OSError), open(self._termination_log(container), "rb") as f:
+                message = f.read(TERMINATION_MESSAGE_BYTES)
+        fallback = container.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+        if not message.strip() and fallback and exit_code != 0:
+            with contextlib.suppress(OSError):
+                lines = self._log_path(container).read_bytes().splitlines(keepends=True)
+                message = b"".join(lines[-FALLBACK_LOG_LINES:])[-FALLBACK_LOG_BYTES:]
+        return message.decode(errors="replace")
 
     def _container_id(self, container: Container) -> str:
         return f"llmjob://{self.uid}/{container.name}/{container.restart_count}"

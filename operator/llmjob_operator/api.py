@@ -55,6 +55,7 @@ OPERATOR_ENV = frozenset(
         "LLMJOB_RUN_ID",
         "LLMJOB_CONFIG_HASH",
         "LLMJOB_METRICS_PORT",
+        "LLMJOB_TERMINATION_MESSAGE_PATH",
         "LLMJOB_POD_NAME",
         "LLMJOB_POD_NAMESPACE",
         "LLMJOB_POD_IP",

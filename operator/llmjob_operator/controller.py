@@ -242,6 +242,7 @@ class Controller:
             progress=self.progress.latest(key, status.attempt),
             node_health=self._node_health(kube, status, workers, now),
             queue_verdict=self._queue_verdict(kube, ref, status),
+            exit_checkpoint=self.store.exit_checkpoint(key),
         )
 
     def _watch_progress(

@@ -5,6 +5,7 @@
 keeps it testable with plain dicts.
 """
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -120,7 +121,10 @@ def worker_state(pod: dict[str, Any]) -> WorkerState | None:
             if exit_code is None or terminated.get("exitCode", 0) != 0:
                 exit_code = terminated.get("exitCode")
                 reason = terminated.get("reason")
+                # The trainer's exit report is data, not the failure's description.
                 message = terminated.get("message")
+                if exit_report(message) is not None:
+                    message = None
                 finished_at = parse_time(terminated.get("finishedAt"))
     return WorkerState(
         name=meta["name"],
@@ -152,6 +156,56 @@ def worker_state(pod: dict[str, Any]) -> WorkerState | None:
             gate["name"] for gate in (pod.get("spec") or {}).get("schedulingGates") or []
         ),
     )
+
+
+@dataclass(frozen=True)
+class ExitCheckpoint:
+    """The newest committed checkpoint a worker named in its exit report."""
+
+    attempt: int
+    step: int
+    time: datetime | None
+    """When it was committed, where the report says (not for the one an attempt resumed from)."""
+
+    def supersedes(self, other: "ExitCheckpoint | None") -> bool:
+        """A later attempt's report wins even with a lower step: that attempt fell back past
+        an unloadable checkpoint, and said so when it resumed."""
+        return other is None or (self.attempt, self.step) > (other.attempt, other.step)
+
+
+def exit_report(message: str | None) -> tuple[int, datetime | None] | None:
+    """The step (and commit time) a trainer's exit report names: its termination message,
+    `{"lastCheckpointStep": N, "committedAt": T}` (DESIGN §3 as amended); None for any other
+    message."""
+    if not message or not message.lstrip().startswith("{"):
+        return None
+    try:
+        report = json.loads(message)
+    except ValueError:
+        return None
+    if not isinstance(report, dict):
+        return None
+    step, committed = report.get("lastCheckpointStep"), report.get("committedAt")
+    if isinstance(step, bool) or not isinstance(step, int) or step <= 0:
+        return None
+    try:
+        return step, parse_time(committed) if isinstance(committed, str) else None
+    except ValueError:
+        return step, None
+
+
+def exit_checkpoint(pod: dict[str, Any]) -> ExitCheckpoint | None:
+    """What a worker pod's ended containers reported (the newest step of them)."""
+    attempt = ((pod.get("metadata") or {}).get("labels") or {}).get(ATTEMPT_LABEL, "")
+    if not attempt.isdigit():
+        return None
+    reports = []
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        report = exit_report(terminated.get("message"))
+        if report is not None:
+            reports.append(ExitCheckpoint(int(attempt), *report))
+    return max(reports, key=lambda r: r.step, default=None)
 
 
 @dataclass(frozen=True)
@@ -214,6 +268,9 @@ class Observed:
     """Health of the nodes of workers stuck terminating (read only for those)."""
     queue_verdict: QueueVerdict | None = None
     """The queue's reason for not admitting a Queued gang yet (read only while Queued)."""
+    exit_checkpoint: ExitCheckpoint | None = None
+    """The newest checkpoint any of the job's workers reported as it ended, kept by the cache
+    past the pod's deletion (a preempted gang's pods are gone before the job is queued)."""
 
 
 def node_health(node: dict[str, Any]) -> NodeHealth:

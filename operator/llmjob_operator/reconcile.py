@@ -21,7 +21,7 @@ from llmjob_operator.api import (
     Progress,
     WorkerCounts,
 )
-from llmjob_operator.observe import Observed, TrainerProgress, WorkerState
+from llmjob_operator.observe import ExitCheckpoint, Observed, TrainerProgress, WorkerState
 from llmjob_operator.policy import (
     Verdict,
     backoff_seconds,
@@ -878,6 +878,20 @@ class _Planner:
                 )
             )
 
+    def record_exit_checkpoint(self, reported: ExitCheckpoint | None) -> None:
+        """Between attempts no /metrics is read: a checkpoint the workers committed on their
+        way out (a preemption's or a suspension's SIGTERM) is known from their exit reports.
+        While Running, rank 0's /metrics stays the one source (it also tells of a fallback
+        below the last report)."""
+        known = self.status.checkpoint
+        if reported is None or (known is not None and reported.step <= known.step):
+            return
+        self.update(
+            checkpoint=CheckpointStatus(
+                step=reported.step, tag=checkpoint_tag(reported.step), time=reported.time
+            )
+        )
+
     def build(self) -> Plan:
         phase = self.status.phase
         if phase in ("Succeeded", "Failed"):
@@ -898,6 +912,8 @@ class _Planner:
                 # After running(): a phase change's own event stays the first (metrics label
                 # transitions with it).
                 self.record_checkpoint_fallback(self.observed.progress)
+        if self.status.phase not in ("Running", "Succeeded"):
+            self.record_exit_checkpoint(self.observed.exit_checkpoint)
         if self.status.phase != "Queued" and self.condition_is(QUEUED_CONDITION):
             # Suspended, restarted or finished while queued: the queued gang is gone.
             phase = self.status.phase or "Pending"

@@ -31,6 +31,8 @@ HOSTFILE_KEY = "hostfile"
 TRAIN_CONFIG_KEY = "train.json"
 DEEPSPEED_CONFIG_KEY = "ds_config.json"
 CACHE_DIR = "/cache"
+# Kubernetes' default, named: the trainer is told it (LLMJOB_TERMINATION_MESSAGE_PATH).
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 RENDEZVOUS_PORT = 29500
 CONTAINER_NAME = "trainer"
 # The unprivileged user of the trainer image (trainer_image/Dockerfile).
@@ -259,6 +261,9 @@ def worker_env(
         {"name": "LLMJOB_NUM_WORKERS", "value": str(spec.workers)},
         {"name": "LLMJOB_ATTEMPT", "value": str(attempt)},
         {"name": "LLMJOB_METRICS_PORT", "value": str(spec.metrics_port)},
+        # Where the trainer leaves its exit report (the newest committed checkpoint's step):
+        # the container's termination message, which outlives the pod's /metrics.
+        {"name": "LLMJOB_TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
         _field_env("LLMJOB_POD_NAME", "metadata.name"),
         _field_env("LLMJOB_POD_NAMESPACE", "metadata.namespace"),
         _field_env("LLMJOB_POD_IP", "status.podIP"),
@@ -337,6 +342,8 @@ def _container(
             {"name": "metrics", "containerPort": spec.metrics_port},
         ],
         "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "File",
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,

@@ -9,11 +9,16 @@
   unless the cache already holds something newer than the list.
 - Only what the planner reads is kept (`slim`): managedFields, pod specs and the like are
   dropped before caching.
+- A worker's exit report (the newest checkpoint it committed, in its termination message) is
+  kept per job past the pod's deletion: the pods of a preempted gang are often gone by the
+  time the job's reconcile runs, and /metrics went with them.
 """
 
 import threading
 from collections.abc import Iterable
 from typing import Any
+
+from llmjob_operator.observe import ExitCheckpoint, exit_checkpoint
 
 JobKey = tuple[str, str]
 ObjectKey = tuple[str, str, str]
@@ -98,6 +103,8 @@ class Store:
         # Owned objects by (kind, namespace, name), indexed by their controller's UID.
         self._objects: dict[ObjectKey, Body] = {}
         self._by_owner: dict[str, set[ObjectKey]] = {}
+        # The newest exit report of any of a job's pods, by the job's UID.
+        self._exit_checkpoints: dict[str, ExitCheckpoint] = {}
 
     # -- jobs --------------------------------------------------------------------------
 
@@ -113,8 +120,8 @@ class Store:
                 and cached["metadata"].get("resourceVersion") == meta.get("resourceVersion")
             ):
                 return key, False
-            if cached is not None:
-                self._job_by_uid.pop(cached["metadata"].get("uid", ""), None)
+            if cached is not None and cached["metadata"].get("uid") != meta.get("uid"):
+                self._forget_job_uid(cached["metadata"].get("uid", ""))
             self._jobs[key] = slim_job(body)
             self._job_by_uid[meta.get("uid", "")] = key
         return key, True
@@ -126,7 +133,7 @@ class Store:
             if cached is None or (uid is not None and cached["metadata"].get("uid") != uid):
                 return False
             del self._jobs[key]
-            self._job_by_uid.pop(cached["metadata"].get("uid", ""), None)
+            self._forget_job_uid(cached["metadata"].get("uid", ""))
         return True
 
     def job(self, key: JobKey) -> Body | None:
@@ -158,7 +165,7 @@ class Store:
                 ):
                     continue
                 del self._jobs[key]
-                self._job_by_uid.pop(cached["metadata"].get("uid", ""), None)
+                self._forget_job_uid(cached["metadata"].get("uid", ""))
                 touched.add(key)
         for body in fresh.values():
             key, changed = self.put_job(body)
@@ -182,6 +189,8 @@ class Store:
             owner = controller_uid(slimmed)
             if owner is not None:
                 self._by_owner.setdefault(owner, set()).add(key)
+            if kind == "Pod":
+                self._note_exit_checkpoint(slimmed)
         return True
 
     def drop_owned(self, kind: str, body: Body) -> bool:
@@ -194,7 +203,30 @@ class Store:
                 return False
             del self._objects[key]
             self._unindex(key, cached)
+            if kind == "Pod":
+                # A DELETED event carries the pod's final state.
+                self._note_exit_checkpoint(body)
         return True
+
+    def exit_checkpoint(self, key: JobKey) -> ExitCheckpoint | None:
+        """The newest checkpoint any pod of the cached job reported as it ended."""
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is None:
+                return None
+            return self._exit_checkpoints.get(job["metadata"].get("uid", ""))
+
+    def _note_exit_checkpoint(self, pod: Body) -> None:
+        owner = controller_uid(pod)
+        report = exit_checkpoint(pod)
+        if owner is None or report is None:
+            return
+        if report.supersedes(self._exit_checkpoints.get(owner)):
+            self._exit_checkpoints[owner] = report
+
+    def _forget_job_uid(self, uid: str) -> None:
+        self._job_by_uid.pop(uid, None)
+        self._exit_checkpoints.pop(uid, None)
 
     def owner_of(self, body: Body) -> JobKey | None:
         """The cached job whose UID the object's controller reference carries."""

@@ -195,6 +195,13 @@ def test_suspend_checkpoints_on_sigterm_and_resume_continues_from_there_on_fewer
     steps = committed_steps(checkpoint_dir(trainer_jobs, "paused"))
     sigterm_step = steps[-1]
     assert sigterm_step % CHECKPOINT_INTERVAL != 0, f"no SIGTERM checkpoint: {steps}"
+    # The suspended job's status names that commit (the workers' exit reports said it).
+    trainer_jobs.wait(
+        "paused",
+        lambda s: (s.get("checkpoint") or {}).get("step") == sigterm_step,
+        timeout=30,
+        what=f"status.checkpoint.step {sigterm_step}",
+    )
     trainer_jobs.patch_spec(
         "paused",
         {
@@ -281,8 +288,14 @@ def test_a_preempting_job_gets_the_quota_and_the_preempted_one_resumes_losing_no
     commit = rank0_log(f"committed {checkpoint_tag(stopped_step)}")
     assert commit is not None
     assert stopped_step > hold_step
-    # Queued, it holds nothing: its newest commit on the claim is the SIGTERM one.
+    # Queued, it holds nothing: its newest commit on the claim is the SIGTERM one, and the
+    # status says so (from the workers' exit reports: their /metrics went with them).
     assert committed_steps(checkpoint_dir(jobs, "low"))[-1] == stopped_step
+    queued_checkpoint = requeued.get("checkpoint") or {}
+    assert (queued_checkpoint.get("step"), queued_checkpoint.get("tag")) == (
+        stopped_step,
+        checkpoint_tag(stopped_step),
+    ), f"status.checkpoint while queued: {queued_checkpoint}"
     assert not any(pod.spec.node_name for pod in jobs.pods("low"))
 
     finished = jobs.wait_phase("high", "Succeeded", timeout=300)
@@ -312,7 +325,7 @@ def test_a_preempting_job_gets_the_quota_and_the_preempted_one_resumes_losing_no
         f" low re-admitted {since(admitted['lastTransitionTime'])},"
         f" running again {since(running['runningTime'])},"
         f" resumed at step {resumed}: steps lost {stopped_step - resumed};"
-        f" status.checkpoint while queued: {requeued.get('checkpoint')}"
+        f" status.checkpoint while queued: step {queued_checkpoint['step']}"
     )
 
 

@@ -152,6 +152,40 @@ def test_the_trainer_image_runs_its_entrypoint_as_uid_1000_with_the_cpu_comm_op_
     ]
 
 
+def test_a_containers_termination_message_is_its_file_or_under_fallback_its_logs_tail(
+    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str, built: None
+) -> None:
+    """The kubelet's termination messages: the file at terminationMessagePath, written by a
+    non-root user under a read-only root, ends up in state.terminated.message; with
+    FallbackToLogsOnError a failed container that wrote none gets its log's tail."""
+    write_then_fail = (
+        "import sys; open('/dev/termination-log', 'w').write('{\"lastCheckpointStep\": 40}');"
+        " sys.exit(143)"
+    )
+    wrote = pod(
+        "message-file",
+        TRAINER_IMAGE,
+        command=["python3", "-c", write_then_fail],
+        securityContext={"runAsUser": 1000, "readOnlyRootFilesystem": True},
+        terminationMessagePolicy="FallbackToLogsOnError",
+    )
+    logged = pod(
+        "message-logs",
+        TRAINER_IMAGE,
+        command=["python3", "-c", "print('first'); print('the last words'); raise SystemExit(3)"],
+        terminationMessagePolicy="FallbackToLogsOnError",
+    )
+    silent = pod("message-none", TRAINER_IMAGE, command=["python3", "-c", "raise SystemExit(3)"])
+    messages = {}
+    for manifest in (wrote, logged, silent):
+        finished = run_to_completion(api_client, core, namespace, manifest)
+        terminated = finished["status"]["containerStatuses"][0]["state"]["terminated"]
+        messages[manifest["metadata"]["name"]] = (terminated["exitCode"], terminated.get("message"))
+    assert messages["message-file"] == (143, '{"lastCheckpointStep": 40}')
+    assert messages["message-logs"] == (3, "first\nthe last words\n")
+    assert messages["message-none"] == (3, None)
+
+
 def test_an_image_that_was_not_built_waits_with_a_pull_error_and_events(
     api_client: client.ApiClient, core: client.CoreV1Api, namespace: str
 ) -> None:

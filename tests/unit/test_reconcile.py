@@ -7,6 +7,7 @@ from typing import Any
 
 from llmjob_operator.api import Condition, LLMTrainingJobSpec, LLMTrainingJobStatus
 from llmjob_operator.observe import (
+    ExitCheckpoint,
     NodeHealth,
     Observed,
     QueueVerdict,
@@ -74,6 +75,7 @@ def run(
     node_health: dict[str, NodeHealth] | None = None,
     ref: JobRef = REF,
     queue_verdict: QueueVerdict | None = None,
+    exit_checkpoint: ExitCheckpoint | None = None,
 ) -> Plan:
     the_spec = job_spec or spec()
     view = JobView(
@@ -97,6 +99,7 @@ def run(
         progress=progress,
         node_health=node_health or {},
         queue_verdict=queue_verdict,
+        exit_checkpoint=exit_checkpoint,
     )
     return plan(view, lambda s, attempt: render(ref, s, settings, attempt), observed, NOW)
 

@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -63,6 +63,7 @@ from llmjob_trainer.errors import (
     ConfigError,
     DataError,
 )
+from llmjob_trainer.exit_report import report_path, write_exit_report
 from llmjob_trainer.fabric import allreduce_bus_bandwidth, capture_nccl_choice, transport
 from llmjob_trainer.flops import (
     PEAK_FLOPS_ENV,
@@ -391,8 +392,11 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
     metrics.step.set(step)
     metrics.resumed_step.set(step)
     metrics.tokens.inc(tokens_seen)
+    exit_report = report_path() if local_rank == 0 else None
     if step:
         metrics.last_checkpoint_step.set(step)
+        if exit_report is not None:
+            write_exit_report(exit_report, step)
     for bad_step, _reason in checkpointer.fallbacks:
         metrics.checkpoint_fallbacks.inc()
         metrics.checkpoint_bad_step.set(bad_step)
@@ -432,6 +436,8 @@ def train(run: RunConfig, user_deepspeed: dict[str, Any], stop: StopRequest) -> 
         metrics.checkpoint_size_bytes.set(done.size_bytes)
         metrics.last_checkpoint_step.set(done.step)
         metrics.last_checkpoint_timestamp_seconds.set(time.time())
+        if exit_report is not None:
+            write_exit_report(exit_report, done.step, datetime.now(UTC))
         log.info(
             "committed %s (%.1f MB in %.2f s, %.3f s blocking)",
             done.checkpoint.name, done.size_bytes / 1e6, done.seconds, done.blocking_seconds,
