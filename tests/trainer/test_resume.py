@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from llmjob_operator.observe import exit_report
 from llmjob_trainer.checkpoint import LATEST, MANIFEST
 from llmjob_trainer.config import checkpoint_tag
 
@@ -25,10 +26,21 @@ STEPS = 8
 def run_trainer(directory: Path, token_data: Path, name: str, fault: str | None = None) -> Trainer:
     # Synchronous commits: a kill after step 5 finds step 4 committed, not maybe in flight.
     config = write_config(directory, token_data, {"asyncSave": False}, maxSteps=STEPS)
-    env = trainer_env(**({"LLMJOB_FAULT": fault} if fault else {}))
+    # A fresh termination-message file per run, as the kubelet makes one per container.
+    message = directory / f"{name}.termination-log"
+    message.write_text("")
+    env = trainer_env(
+        LLMJOB_TERMINATION_MESSAGE_PATH=str(message), **({"LLMJOB_FAULT": fault} if fault else {})
+    )
     trainer = Trainer(train_command(config), env, directory / f"{name}.log")
     trainer.wait(timeout=600)
     return trainer
+
+
+def exit_reported_step(directory: Path, name: str) -> int | None:
+    """The step the run's exit report names, read as the operator reads it."""
+    report = exit_report((directory / f"{name}.termination-log").read_text())
+    return None if report is None else report[0]
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +94,7 @@ def test_killed_between_and_during_checkpoints_ends_bit_identical(
     killed = run_trainer(tmp_path, token_data, "killed-after-step", "after-step:5")
     assert killed.process.returncode == -9, killed.output()[-3000:]
     assert (checkpoints / LATEST).read_text() == checkpoint_tag(4)
+    assert exit_reported_step(tmp_path, "killed-after-step") == 4
 
     # Restarted, then SIGKILL inside step 6's commit: every shard written, no manifest yet.
     torn = run_trainer(tmp_path, token_data, "killed-in-commit", "before-manifest:6")
@@ -90,6 +103,8 @@ def test_killed_between_and_during_checkpoints_ends_bit_identical(
     assert (checkpoints / checkpoint_tag(6) / "mp_rank_00_model_states.pt").is_file()
     assert not (checkpoints / checkpoint_tag(6) / MANIFEST).exists()
     assert (checkpoints / LATEST).read_text() == checkpoint_tag(4)
+    # Killed before committing anything: it still names the commit it resumed from.
+    assert exit_reported_step(tmp_path, "killed-in-commit") == 4
 
     finished = run_trainer(tmp_path, token_data, "finished")
     assert finished.process.returncode == 0, finished.output()[-3000:]
@@ -98,6 +113,7 @@ def test_killed_between_and_during_checkpoints_ends_bit_identical(
     )
     assert "resumed at step 4" in finished.output()
     assert (checkpoints / LATEST).read_text() == checkpoint_tag(STEPS)
+    assert exit_reported_step(tmp_path, "finished") == STEPS
 
     assert_identical(final_state(uninterrupted), final_state(checkpoints))
 
