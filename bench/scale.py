@@ -18,12 +18,14 @@ Then each of llmjob's figures as a ratio to JobSet's. KWOK pods run nothing, so 
 progress reads from rank 0 find no /metrics (that costs a condition per job, once).
 
 Usage: python -m bench.scale [--sizes 1,100,1000] [--steady-seconds 60] [--systems ...]
-(`make bench-scale`, sizes from BENCH_SIZES)
+[--profile] (`make bench-scale`, sizes from BENCH_SIZES; --profile adds py-spy's account of
+where llmjob's CPU went: bench/cpu_profile.py)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -44,6 +46,7 @@ from tests.apiserver_requests import Request, snapshot
 from tests.integration.jobs import standin_job
 from tests.integration.operator_process import OperatorProcess
 
+from bench.cpu_profile import CpuProfile, report
 from llmjob_devcluster import audit, hostmanager, kwok, processes
 from llmjob_devcluster import jobset as jobset_component
 from llmjob_devcluster.layout import Layout
@@ -454,12 +457,18 @@ def run_round(
     system: System,
     jobs: int,
     steady_seconds: float,
+    profile: Path | None = None,
 ) -> Round:
+    """One round; with `profile`, py-spy samples the controller (a Python one) from its
+    start to its stop."""
     core = client.CoreV1Api(api)
     namespace = f"scale-{system.name}-{jobs}-{uuid.uuid4().hex[:4]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     system.prepare(namespace)
     system.start()
+    sampling = contextlib.ExitStack()
+    if profile is not None:
+        sampling.enter_context(CpuProfile(system.pid(), profile))
     figures = Round(system.name, jobs)
     clock = PodClock(system)
     threading.Thread(target=clock.follow, args=(core, namespace), daemon=True).start()
@@ -529,6 +538,7 @@ def run_round(
         figures.apiserver_p99_seconds = latency_p99(latency0, latency_buckets(api))
     finally:
         clock.stopped.set()
+        sampling.close()
         system.stop()
         core.delete_namespace(namespace)
         # The namespace's deletion writes too: not in the next round's steady state.
@@ -568,6 +578,11 @@ def main() -> int:
     parser.add_argument("--sizes", default=os.environ.get("BENCH_SIZES", "1,100,1000"))
     parser.add_argument("--systems", default="llmjob,jobset")
     parser.add_argument("--steady-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample llmjob's operator with py-spy in each round and print where its CPU went",
+    )
     args = parser.parse_args()
     layout = Layout.from_env()
     api = config.new_client_from_config(str(layout.kubeconfig))
@@ -589,7 +604,12 @@ def main() -> int:
     for jobs in sizes:
         for system in systems:
             print(f"bench: {system.name}, {jobs} job(s)", file=sys.stderr, flush=True)
-            rounds.append(run_round(api, layout, system, jobs, args.steady_seconds))
+            profile = None
+            if args.profile and system.name == "llmjob":
+                profile = log_dir / f"{system.name}-{jobs}.py-spy.txt"
+            rounds.append(run_round(api, layout, system, jobs, args.steady_seconds, profile))
+            if profile is not None:
+                print(f"where {system.name}'s CPU went, {jobs} job(s):\n{report(profile)}")
     print_table(rounds)
     print(f"\n(wall time {time.monotonic() - started:.0f} s; operator logs in {log_dir})")
     return 0
