@@ -215,9 +215,12 @@ def test_editing_workers_restarts_on_the_new_gang_size(
     assert "SpecChanged" in {e.reason for e in jobs.events("resized")}
 
 
+@pytest.mark.parametrize("gang", [None, "Native"])
 def test_a_gang_that_lost_its_nodes_capacity_continues_on_fewer_workers(
-    jobs: Jobs, venv_bin: str, api_client: client.ApiClient
+    jobs: Jobs, venv_bin: str, api_client: client.ApiClient, gang: str | None
 ) -> None:
+    """Without a gang scheduler the restarted gang places what fits and shrinks to that;
+    under the kube-scheduler's gang (Native) it places nothing until it steps down a size."""
     core = client.CoreV1Api(api_client)
     # One worker fills a node: with one node cordoned, the second worker has nowhere to go.
     gpus = min(int(n.status.allocatable["nvidia.com/gpu"]) for n in core.list_node().items)
@@ -232,6 +235,7 @@ def test_a_gang_that_lost_its_nodes_capacity_continues_on_fewer_workers(
                 "maxBackoffSeconds": 2,
                 "onNodeLoss": {"shrinkAfterSeconds": 3, "minWorkers": 1},
             },
+            **({"scheduling": {"gang": gang}} if gang else {}),
         )
     )
     jobs.wait(
@@ -251,7 +255,7 @@ def test_a_gang_that_lost_its_nodes_capacity_continues_on_fewer_workers(
         done = jobs.wait_phase("shrinking", "Succeeded", timeout=120)
     finally:
         core.patch_node(lost, {"spec": {"unschedulable": False}})
-    # Attempt 2 asked for both workers and could place one; attempt 3 runs on it.
+    # Attempt 2 asked for both workers and could place one (none, as a gang); attempt 3 runs.
     assert shrunk["attempt"] == 3
     assert (shrunk["restarts"], shrunk["disruptions"]) == (0, 1)
     assert shrunk["workers"]["total"] == 1
@@ -262,6 +266,9 @@ def test_a_gang_that_lost_its_nodes_capacity_continues_on_fewer_workers(
     shrinks = [e for e in jobs.events("shrinking") if e.reason == "GangShrunk"]
     assert len(shrinks) == 1
     assert "continues on 1 of 2 workers" in shrinks[0].message
+    # The gang scheduler bound neither worker of attempt 2; without it, one was placed.
+    unplaced = 2 if gang else 1
+    assert f"{unplaced} of 2 workers of attempt 2 unschedulable" in shrinks[0].message
 
 
 def test_active_deadline_fails_the_job_and_stops_the_workers(jobs: Jobs, venv_bin: str) -> None:
