@@ -218,8 +218,12 @@ class Store:
 
     def _note_exit_checkpoint(self, pod: Body) -> None:
         owner = controller_uid(pod)
+        # Only for a cached job: a pod's DELETED event after its job's own (garbage
+        # collection) must not leave a report behind for a UID nobody will drop again.
+        if owner is None or owner not in self._job_by_uid:
+            return
         report = exit_checkpoint(pod)
-        if owner is None or report is None:
+        if report is None:
             return
         if report.supersedes(self._exit_checkpoints.get(owner)):
             self._exit_checkpoints[owner] = report

@@ -109,6 +109,11 @@ def test_the_cache_keeps_the_newest_report_after_the_pods_are_deleted() -> None:
     store.put_owned("Pod", ended_pod(3, json.dumps({"lastCheckpointStep": 99}), owner="other"))
     store.put_job(job("j", "u2", 5))
     assert store.exit_checkpoint(("ns", "j")) is None
+    # A deleted job's pods deleted after it (garbage collection) leave nothing behind.
+    store.put_owned("Pod", ended_pod(3, "", owner="u2"))
+    store.drop_job(("ns", "j"))
+    store.drop_owned("Pod", ended_pod(3, json.dumps({"lastCheckpointStep": 99}), owner="u2"))
+    assert store._exit_checkpoints == {}
 
 
 def test_a_queued_job_shows_the_checkpoint_its_evicted_workers_committed() -> None:
