@@ -84,12 +84,13 @@ bench-operator: cluster
 	cd $(CURDIR) && $(PY) -m bench.operator_cost --jobs 20
 
 # llmjob and JobSet side by side on simulated GPU nodes (KWOK): 1, 100 and 1,000 jobs of 8
-# workers at once (BENCH_SIZES), startup, steady-state API cost, recovery, deletion, CPU, RSS.
+# workers at once (BENCH_SIZES), startup, steady-state API cost, recovery, deletion, CPU, RSS;
+# BENCH_SCALE_ARGS passes flags (e.g. --profile, --systems llmjob).
 # On a cluster of its own (.devcluster-scale) with upstream's node-monitor grace (50 s).
 bench-scale: export LLMJOB_DEVCLUSTER_DIR := $(CURDIR)/.devcluster-scale
 bench-scale: export LLMJOB_DEVCLUSTER_NODE_GRACE_SECONDS := 50
 bench-scale: venv
-	$(call on_cluster,cd $(CURDIR) && $(PY) -m bench.scale)
+	$(call on_cluster,cd $(CURDIR) && $(PY) -m bench.scale $(BENCH_SCALE_ARGS))
 
 # Runs $(1) on the local cluster; stops the cluster afterwards (also when a test fails)
 # unless it was already running before.
