@@ -292,6 +292,9 @@ class _Planner:
         if self.condition_is("Restarting"):
             self.condition("Restarting", False, reason, message)
         self.clean_pods()
+        # This pass may be the last an event brings: its own status write is cached, so the
+        # write's echo from the watch wakes nothing. The TTL's clock is set here.
+        self.expire_after_ttl()
 
     def clean_pods(self) -> None:
         policy = self.spec.run_policy.clean_pod_policy
@@ -308,6 +311,10 @@ class _Planner:
 
     def finished(self) -> None:
         self.clean_pods()
+        self.expire_after_ttl()
+
+    def expire_after_ttl(self) -> None:
+        """runPolicy.ttlSecondsAfterFinished: delete the job when due, or wake then."""
         ttl = self.spec.run_policy.ttl_seconds_after_finished
         if ttl is None or self.status.completion_time is None:
             return

@@ -513,6 +513,19 @@ def test_ttl_deletes_the_finished_job_when_due() -> None:
     assert waiting.requeue_after == 400.0
 
 
+def test_the_pass_that_finishes_a_job_sets_its_ttl_clock() -> None:
+    """No later event need come: the finishing pass's own status write is cached, so its
+    echo wakes nothing (the TTL test on the cluster once waited out its 60 s for that)."""
+    ttl = spec(runPolicy={"ttlSecondsAfterFinished": 3})
+    finishing = run(
+        status=running_status(),
+        workers=[worker(0, "Succeeded", exit_code=0), worker(1, "Succeeded", exit_code=0)],
+        job_spec=ttl,
+    )
+    assert finishing.status.phase == "Succeeded"
+    assert finishing.requeue_after == 3.0
+
+
 def test_unschedulable_workers_are_reported_then_fail_if_asked() -> None:
     stuck = [
         worker(0, "Pending", unschedulable_message="0/2 nodes: Insufficient nvidia.com/gpu"),
