@@ -841,11 +841,9 @@ class _Planner:
         self.update(
             progress=progress.model_copy(
                 update={"step": max_steps, "max_steps": max_steps, "eta_seconds": 0}
-            ),
-            checkpoint=CheckpointStatus(
-                step=max_steps, tag=checkpoint_tag(max_steps), time=self.now
-            ),
+            )
         )
+        self.record_checkpoint(max_steps, self.now)
 
     def record_progress(self, seen: TrainerProgress | None) -> None:
         if seen is None or seen.step is None or seen.error is not None:
@@ -877,13 +875,10 @@ class _Planner:
             )
         )
         if seen.last_checkpoint_step is not None and seen.last_checkpoint_step > 0:
-            self.update(
-                checkpoint=CheckpointStatus(
-                    step=seen.last_checkpoint_step,
-                    tag=checkpoint_tag(seen.last_checkpoint_step),
-                    time=seen.last_checkpoint_time,
-                )
-            )
+            self.record_checkpoint(seen.last_checkpoint_step, seen.last_checkpoint_time)
+
+    def record_checkpoint(self, step: int, time: datetime | None) -> None:
+        self.update(checkpoint=CheckpointStatus(step=step, tag=checkpoint_tag(step), time=time))
 
     def record_exit_checkpoint(self, reported: ExitCheckpoint | None) -> None:
         """Between attempts no /metrics is read: a checkpoint the workers committed on their
@@ -893,11 +888,7 @@ class _Planner:
         known = self.status.checkpoint
         if reported is None or (known is not None and reported.step <= known.step):
             return
-        self.update(
-            checkpoint=CheckpointStatus(
-                step=reported.step, tag=checkpoint_tag(reported.step), time=reported.time
-            )
-        )
+        self.record_checkpoint(reported.step, reported.time)
 
     def build(self) -> Plan:
         phase = self.status.phase
