@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from llmjob_operator.render import ATTEMPT_LABEL, SPEC_HASH_ANNOTATION, WORKER_INDEX_LABEL
+from llmjob_operator.render import ATTEMPT_LABEL, POD_INPUTS_HASH_ANNOTATION, WORKER_INDEX_LABEL
 
 NodeHealth = Literal["Ready", "NotReady", "Gone", "Unknown"]
 """A pod's node as the operator last read it: Unknown when it may not read nodes."""
@@ -39,7 +39,7 @@ class WorkerState:
     phase: str
     uid: str = ""
     node_name: str | None = None
-    spec_hash: str | None = None
+    inputs_hash: str | None = None
     ready: bool = False
     started: bool = False
     deleting: bool = False
@@ -133,7 +133,7 @@ def worker_state(pod: dict[str, Any]) -> WorkerState | None:
         phase=status.get("phase", "Pending"),
         uid=meta.get("uid", ""),
         node_name=(pod.get("spec") or {}).get("nodeName"),
-        spec_hash=(meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION),
+        inputs_hash=(meta.get("annotations") or {}).get(POD_INPUTS_HASH_ANNOTATION),
         ready="Ready" in true_conditions,
         started=started,
         deleting=meta.get("deletionTimestamp") is not None,

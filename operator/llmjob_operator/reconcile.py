@@ -30,7 +30,13 @@ from llmjob_operator.policy import (
     shows_disruption,
     vanished_verdict,
 )
-from llmjob_operator.render import SPEC_HASH_ANNOTATION, DesiredObjects, JobRef, content_hash
+from llmjob_operator.render import (
+    POD_INPUTS_HASH_ANNOTATION,
+    SPEC_HASH_ANNOTATION,
+    DesiredObjects,
+    JobRef,
+    content_hash,
+)
 from llmjob_trainer.config import checkpoint_tag
 
 # A pod still Terminating past its deadline whose node the operator may not read (namespaced
@@ -124,8 +130,11 @@ def object_key(body: dict[str, Any]) -> str:
 def spec_hash(body: dict[str, Any]) -> str:
     content = {k: v for k, v in body.items() if k not in ("metadata", "status")}
     content["labels"] = body["metadata"].get("labels")
-    # Only when there are any (spec.pod.annotations): objects without them hash as they did.
-    # The hash's own annotation is left out, so hashing a pod made from the body agrees.
+    """What an applied supporting object (ConfigMap, Service, claim, PodGroup) was rendered
+    from: re-applied between attempts when it changes. Pods carry their inputs' hash instead
+    (render.POD_INPUTS_HASH_ANNOTATION)."""
+    # Only when there are any: objects without them hash as they did. The hash's own
+    # annotation is left out, so hashing an applied object agrees with what it was made from.
     annotations = {
         k: v
         for k, v in (body["metadata"].get("annotations") or {}).items()
@@ -235,7 +244,7 @@ class _Planner:
         present = {w.index for w in self.current_workers()}
         for index, body in enumerate(self.desired_for(self.status.attempt).pods):
             if index not in present:
-                self.actions.append(ApplyObject(with_spec_hash(body)))
+                self.actions.append(ApplyObject(body))
 
     def delete_pods(self, workers: list[WorkerState], grace_seconds: int | None = None) -> None:
         for worker in workers:
@@ -653,12 +662,13 @@ class _Planner:
         """A pod of the current attempt was made from another spec than the job's now."""
         desired = self.desired_for(self.status.attempt).pods
         for worker in self.current_workers():
-            if worker.spec_hash is None:
+            # Made by an operator older than the inputs hash: left alone until its next attempt.
+            if worker.inputs_hash is None:
                 continue
             if worker.index >= len(desired):
                 return True
-            wanted = with_spec_hash(desired[worker.index])["metadata"]["annotations"]
-            if wanted[SPEC_HASH_ANNOTATION] != worker.spec_hash:
+            wanted = desired[worker.index]["metadata"]["annotations"][POD_INPUTS_HASH_ANNOTATION]
+            if wanted != worker.inputs_hash:
                 return True
         return False
 

@@ -17,6 +17,11 @@ WORKER_INDEX_LABEL = f"{LABEL_PREFIX}/worker-index"
 ATTEMPT_LABEL = f"{LABEL_PREFIX}/attempt"
 # The hash of what an applied object was rendered from: a changed hash is a changed spec.
 SPEC_HASH_ANNOTATION = f"{LABEL_PREFIX}/spec-hash"
+# On every worker pod: the hash of what the job's owner wrote that shapes its pods, not of the
+# rendered pod. An operator upgrade that renders pods differently (a new field, a new default
+# image) then leaves running gangs alone, and their next attempt gets the new rendering; only
+# an edit of the job restarts one (reconcile.spec_changed).
+POD_INPUTS_HASH_ANNOTATION = f"{LABEL_PREFIX}/pod-inputs-hash"
 # Kueue's plain pod groups: a job labelled with the queue label runs each attempt's gang as one
 # group (one Workload) in that LocalQueue.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -247,6 +252,16 @@ def content_hash(content: Any) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def pod_inputs_hash(job: JobRef, spec: LLMTrainingJobSpec) -> str:
+    """What POD_INPUTS_HASH_ANNOTATION holds. Values equal to their default are left out, so a
+    field added by an upgrade (at its default) changes no hash. failurePolicy and runPolicy
+    never reach a pod: editing them restarts nothing."""
+    shaping = spec.model_dump(
+        mode="json", by_alias=True, exclude_defaults=True, exclude={"failure_policy", "run_policy"}
+    )
+    return content_hash({"spec": shaping, "queueName": job.queue_name})
+
+
 def worker_env(
     job: JobRef, spec: LLMTrainingJobSpec, index: int, attempt: int, config_hash: str
 ) -> list[Any]:
@@ -413,8 +428,10 @@ def render_pod(
         worker_name(job.name, index),
         labels={WORKER_INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt), **kueue_labels},
     )
-    if kueue_annotations:
-        metadata["annotations"] = kueue_annotations
+    metadata["annotations"] = {
+        **kueue_annotations,
+        POD_INPUTS_HASH_ANNOTATION: pod_inputs_hash(job, spec),
+    }
     metadata = _in_pod_group(metadata, job, spec)
     return {
         "apiVersion": "v1",

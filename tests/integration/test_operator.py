@@ -329,6 +329,30 @@ def test_operator_killed_mid_restart_keeps_the_budget_and_one_gang(
     assert len({p.metadata.name for p in jobs.pods("crashy")}) <= 2
 
 
+def test_an_upgraded_operator_leaves_a_running_gang_alone(
+    jobs: Jobs, venv_bin: str, llmjob_operator: OperatorProcess
+) -> None:
+    """A helm upgrade mid-run: the new operator renders pods differently (here another default
+    trainer image, as each release's chart sets). The running gang trains on to the end as
+    attempt 1; only its next attempt would get the new rendering, whose image does not exist."""
+    jobs.create(standin_job("upgraded", venv_bin, standin={"steps": 12, "step_seconds": 1}))
+    jobs.wait_phase("upgraded", "Running")
+    gang = {p.metadata.uid for p in jobs.pods("upgraded")}
+    released = llmjob_operator.extra_args
+    llmjob_operator.stop()
+    llmjob_operator.extra_args = (*released, "--default-image=registry.invalid/trainer:next")
+    try:
+        llmjob_operator.start()
+        done = jobs.wait_phase("upgraded", "Succeeded", timeout=180)
+    finally:
+        llmjob_operator.stop()
+        llmjob_operator.extra_args = released
+        llmjob_operator.start()
+    assert (done["attempt"], done["restarts"], done["disruptions"]) == (1, 0, 0)
+    assert {p.metadata.uid for p in jobs.pods("upgraded")} == gang
+    assert "SpecChanged" not in {e.reason for e in jobs.events("upgraded")}
+
+
 def test_invalid_spec_fails_with_the_field_named_and_others_still_run(
     jobs: Jobs, venv_bin: str
 ) -> None:

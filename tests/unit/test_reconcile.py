@@ -29,6 +29,7 @@ from llmjob_operator.reconcile import (
 )
 from llmjob_operator.render import (
     ATTEMPT_LABEL,
+    POD_INPUTS_HASH_ANNOTATION,
     SPEC_HASH_ANNOTATION,
     JobRef,
     RenderSettings,
@@ -64,6 +65,11 @@ def worker(index: int, phase: str = "Running", attempt: int = 1, **fields: Any) 
         created=ago(300),
         **fields,
     )
+
+
+def inputs_hash(pod: dict[str, Any]) -> str:
+    annotation: str = pod["metadata"]["annotations"][POD_INPUTS_HASH_ANNOTATION]
+    return annotation
 
 
 def run(
@@ -768,11 +774,8 @@ def test_a_final_failure_waits_for_a_dead_node_to_show() -> None:
 def test_a_spec_change_of_a_running_gang_starts_a_new_attempt_uncounted() -> None:
     old_spec = spec()
     settings = RenderSettings(default_image="img")
-    old_pods = [with_spec_hash(p) for p in render(REF, old_spec, settings, 1).pods]
-    workers = [
-        worker(i, uid=f"p{i}", spec_hash=p["metadata"]["annotations"][SPEC_HASH_ANNOTATION])
-        for i, p in enumerate(old_pods)
-    ]
+    old_pods = render(REF, old_spec, settings, 1).pods
+    workers = [worker(i, uid=f"p{i}", inputs_hash=inputs_hash(p)) for i, p in enumerate(old_pods)]
     unchanged = run(status=running_status(), workers=workers, job_spec=old_spec)
     assert unchanged.actions == []
     edited = spec(training={"seqLen": 128, "precision": "fp32", "learningRate": 1e-3})
@@ -789,6 +792,32 @@ def test_a_spec_change_of_a_running_gang_starts_a_new_attempt_uncounted() -> Non
     assert result.status.restart_after == NOW
 
 
+def test_an_operator_upgrade_restarts_no_running_gang_only_an_edit_of_the_job_does() -> None:
+    """Pods hash what the job's owner wrote, not what the operator rendered: a gang made by an
+    older operator (another default image, other rendering) goes on untouched, and so does one
+    whose failurePolicy or runPolicy was edited. Pods made before the hash was on them are
+    left alone until their next attempt."""
+    older_operator = RenderSettings(default_image="trainer:0.1")
+    made = render(REF, spec(), older_operator, 1).pods
+    gang = [worker(i, uid=f"p{i}", inputs_hash=inputs_hash(p)) for i, p in enumerate(made)]
+    assert run(status=running_status(), workers=gang).actions == []
+    policies_edited = spec(
+        failurePolicy={"maxRestarts": 9, "backoffSeconds": 30, "stallTimeoutSeconds": 600},
+        runPolicy={"ttlSecondsAfterFinished": 60},
+    )
+    assert run(status=running_status(), workers=gang, job_spec=policies_edited).actions == []
+    # A field written at its default is the field left out, as a field an upgrade adds is.
+    assert inputs_hash(render(REF, spec(metricsPort=9400), older_operator, 1).pods[0]) == (
+        inputs_hash(made[0])
+    )
+    edited = spec(training={"seqLen": 256, "precision": "fp32"})
+    assert run(status=running_status(), workers=gang, job_spec=edited).status.phase == (
+        "Restarting"
+    )
+    unhashed = [worker(i, uid=f"p{i}") for i in range(2)]
+    assert run(status=running_status(), workers=unhashed, job_spec=edited).actions == []
+
+
 def test_editing_workers_starts_a_new_attempt_with_the_new_gang_size() -> None:
     settings = RenderSettings(default_image="img")
     for old_size, new_size in ((2, 1), (1, 3)):
@@ -796,10 +825,8 @@ def test_editing_workers_starts_a_new_attempt_with_the_new_gang_size() -> None:
         new_spec = spec(workers=new_size)
         old = render(REF, old_spec, settings, 1)
         workers = [
-            worker(i, uid=f"p{i}", spec_hash=with_spec_hash(p)["metadata"]["annotations"][
-                SPEC_HASH_ANNOTATION])
-            for i, p in enumerate(old.pods)
-        ]  # fmt: skip
+            worker(i, uid=f"p{i}", inputs_hash=inputs_hash(p)) for i, p in enumerate(old.pods)
+        ]
         edited = run(status=running_status(), workers=workers, job_spec=new_spec)
         assert edited.status.phase == "Restarting", (old_size, new_size)
         assert (edited.status.restarts, edited.status.disruptions) == (0, 0)
@@ -970,10 +997,8 @@ def test_the_shrunk_gang_starts_runs_and_finishes_on_fewer_workers() -> None:
 
     # Its pods, made from the shrunk spec, are no spec change.
     gang = [
-        worker(i, attempt=3, uid=f"q{i}", spec_hash=with_spec_hash(p)["metadata"]["annotations"][
-            SPEC_HASH_ANNOTATION])
-        for i, p in enumerate(pods)
-    ]  # fmt: skip
+        worker(i, attempt=3, uid=f"q{i}", inputs_hash=inputs_hash(p)) for i, p in enumerate(pods)
+    ]
     attempt3 = started.status.model_dump(mode="json", by_alias=True)
     running = run(status=attempt3, workers=gang, job_spec=shrinkable)
     assert running.status.phase == "Running"
