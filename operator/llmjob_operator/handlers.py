@@ -11,12 +11,17 @@ the work queue (leader.py), and each of their writes is fenced by the term it st
 Owned kinds are watched with a server-side label selector (only our objects are sent and
 decoded), and an event wakes a job only when it changed the cache: the MODIFIED event of our
 own status write carries the version we already hold, so it costs no second pass.
+
+What kopf does per event is kept to the watch itself: the handlers are coroutines (a sync
+handler costs a hop to kopf's thread pool per event, and only touches in-memory structures
+anyway), and no object's "essence" is built (see NoEssence).
 """
 
 import logging
 import socket
 import threading
 import uuid
+from collections.abc import Iterable
 from functools import partial
 from typing import Any, cast
 
@@ -62,6 +67,25 @@ OWNED_KINDS = {
 }
 
 
+class NoEssence(kopf.DiffBaseStorage):
+    """kopf deep-copies every object on every event to diff it against the last handled
+    "essence" (its stored diff base). Only change handlers (on.create/update/field) and
+    daemons use that diff, and this operator registers neither: every essence is empty, and
+    nothing is copied, stored or compared. In a 100-job bench round the copies were a quarter
+    of the operator's CPU."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return kopf.BodyEssence()
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def configure(settings: OperatorSettings) -> None:
     """Called by main() before kopf starts."""
     global _settings  # noqa: PLW0603 - kopf handlers are module-level by design
@@ -85,6 +109,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # kopf would post its own Events (handler errors) from every replica, outside the
     # leader's fence: the operator's events are its own (kube.py), sent only by the leader.
     settings.posting.enabled = False
+    settings.persistence.diffbase_storage = NoEssence()
     for plural in OWNED_KINDS.values():
         settings.watching.label_selectors["v1", plural] = JOB_NAME_LABEL
     if _settings.namespaces:
@@ -251,7 +276,7 @@ def _plain(body: kopf.RawBody) -> Body:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def job_event(event: kopf.RawEvent, **_: Any) -> None:
+async def job_event(event: kopf.RawEvent, **_: Any) -> None:
     body = _plain(event["object"])
     meta = body["metadata"]
     key: JobKey = (meta["namespace"], meta["name"])
@@ -287,20 +312,20 @@ def _owned_event(kind: str, event: kopf.RawEvent) -> None:
 
 
 @kopf.on.event("v1", "pods", labels={JOB_NAME_LABEL: kopf.PRESENT})
-def pod_event(event: kopf.RawEvent, **_: Any) -> None:
+async def pod_event(event: kopf.RawEvent, **_: Any) -> None:
     _owned_event("Pod", event)
 
 
 @kopf.on.event("v1", "services", labels={JOB_NAME_LABEL: kopf.PRESENT})
-def service_event(event: kopf.RawEvent, **_: Any) -> None:
+async def service_event(event: kopf.RawEvent, **_: Any) -> None:
     _owned_event("Service", event)
 
 
 @kopf.on.event("v1", "configmaps", labels={JOB_NAME_LABEL: kopf.PRESENT})
-def config_map_event(event: kopf.RawEvent, **_: Any) -> None:
+async def config_map_event(event: kopf.RawEvent, **_: Any) -> None:
     _owned_event("ConfigMap", event)
 
 
 @kopf.on.event("v1", "persistentvolumeclaims", labels={JOB_NAME_LABEL: kopf.PRESENT})
-def claim_event(event: kopf.RawEvent, **_: Any) -> None:
+async def claim_event(event: kopf.RawEvent, **_: Any) -> None:
     _owned_event("PersistentVolumeClaim", event)
