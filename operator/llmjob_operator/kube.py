@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 import urllib3
@@ -66,6 +67,10 @@ def _patchers(core: client.CoreV1Api) -> dict[str, Callable[..., Any]]:
         "ConfigMap": core.patch_namespaced_config_map,
         "PersistentVolumeClaim": core.patch_namespaced_persistent_volume_claim,
     }
+
+
+# Objects per page of a relist (list_kind).
+LIST_PAGE_SIZE = 500
 
 
 def _listers(core: client.CoreV1Api) -> dict[str, tuple[Callable[..., Any], Callable[..., Any]]]:
@@ -345,33 +350,48 @@ class Kube:
         return node_health(_json(response))
 
     def list_kind(
-        self, kind: str, namespace: str | None
+        self, kind: str, namespace: str | None, page_size: int = LIST_PAGE_SIZE
     ) -> tuple[list[dict[str, Any]], int | None]:
-        """Every object of `kind` carrying our job label (server-side selector), and the
-        list's resourceVersion: one relist of the cache."""
+        """Every object of `kind` carrying our job label (server-side selector), slimmed as
+        the cache keeps it, and the list's resourceVersion: one relist of the cache. Read in
+        pages of `page_size`, each slimmed as it arrives: 8,000 pods of a 1,000-job round
+        are 69 MB of JSON, about 490 MB decoded at once (the operator's peak RSS before)."""
+        slimmed: Callable[[dict[str, Any]], dict[str, Any]] = (
+            store.slim_job if kind == "LLMTrainingJob" else partial(store.slim, kind)
+        )
+        items: list[dict[str, Any]] = []
+        version: str | None = None
+        token: str | None = None
+        while True:
+            page = self._list_page(kind, namespace, token, page_size)
+            items += [slimmed(body) for body in page.get("items", [])]
+            meta = page.get("metadata", {})
+            # Every page is read at the first one's snapshot, which is the list's version.
+            version = meta.get("resourceVersion") if version is None else version
+            token = meta.get("continue")
+            if not token:
+                return items, int(version) if str(version).isdigit() else None
+
+    def _list_page(
+        self, kind: str, namespace: str | None, token: str | None, page_size: int
+    ) -> dict[str, Any]:
+        paging: dict[str, Any] = {"limit": page_size}
+        if token:
+            paging["_continue"] = token
         if kind == "LLMTrainingJob":
-            if namespace is None:
-                data = self._read(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
-            else:
-                data = self._read(
-                    self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL
-                )
-        else:
-            all_lister, namespaced_lister = _listers(self.core)[kind]
-            if namespace is None:
-                response = self._read(
-                    all_lister, label_selector=JOB_NAME_LABEL, _preload_content=False
-                )
-            else:
-                response = self._read(
-                    namespaced_lister,
-                    namespace,
-                    label_selector=JOB_NAME_LABEL,
-                    _preload_content=False,
-                )
-            data = _json(response)
-        version = data.get("metadata", {}).get("resourceVersion")
-        return data.get("items", []), int(version) if str(version).isdigit() else None
+            where = (GROUP, VERSION) if namespace is None else (GROUP, VERSION, namespace)
+            lister = (
+                self.custom.list_cluster_custom_object
+                if namespace is None
+                else self.custom.list_namespaced_custom_object
+            )
+            data: dict[str, Any] = self._read(lister, *where, PLURAL, **paging)
+            return data
+        all_lister, namespaced_lister = _listers(self.core)[kind]
+        selected = {"label_selector": JOB_NAME_LABEL, "_preload_content": False, **paging}
+        if namespace is None:
+            return _json(self._read(all_lister, **selected))
+        return _json(self._read(namespaced_lister, namespace, **selected))
 
     # -- the leader election's Lease (leader.py) -----------------------------------------
     # Neither the write bucket nor the fence: the election is what the fence is made of, and a
