@@ -131,7 +131,7 @@ def test_every_knob_renders_objects_the_api_server_accepts(
     assert len(pods) == 2
     _, pod = dry_run(api_client, pods[1])
     assert pod["metadata"]["labels"]["team"] == "foundation-models"
-    assert pod["metadata"]["annotations"] == {"k8s.v1.cni.cncf.io/networks": "rdma-net"}
+    assert pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "rdma-net"
     assert pod["spec"]["serviceAccountName"] == SERVICE_ACCOUNT
     assert pod["spec"]["imagePullSecrets"] == [{"name": "registry-cred"}]
     # The ServiceAccount admission plugin mounted no API token (automount stays off).
