@@ -463,6 +463,9 @@ def run_round(
     start to its stop."""
     core = client.CoreV1Api(api)
     namespace = f"scale-{system.name}-{jobs}-{uuid.uuid4().hex[:4]}"
+    # A namespace still being emptied (an earlier, stopped round's) would be this round's load:
+    # a cluster-wide controller caches and reconciles what it holds.
+    wait_until("no namespace terminating", lambda: not terminating(core), timeout=900)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     system.prepare(namespace)
     system.start()
