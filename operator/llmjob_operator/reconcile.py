@@ -128,11 +128,11 @@ def object_key(body: dict[str, Any]) -> str:
 
 
 def spec_hash(body: dict[str, Any]) -> str:
-    content = {k: v for k, v in body.items() if k not in ("metadata", "status")}
-    content["labels"] = body["metadata"].get("labels")
     """What an applied supporting object (ConfigMap, Service, claim, PodGroup) was rendered
     from: re-applied between attempts when it changes. Pods carry their inputs' hash instead
     (render.POD_INPUTS_HASH_ANNOTATION)."""
+    content = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+    content["labels"] = body["metadata"].get("labels")
     # Only when there are any: objects without them hash as they did. The hash's own
     # annotation is left out, so hashing an applied object agrees with what it was made from.
     annotations = {
