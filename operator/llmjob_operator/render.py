@@ -385,6 +385,7 @@ def render_pod(
     index: int,
     attempt: int,
     config_hash: str,
+    inputs_hash: str,
 ) -> dict[str, Any]:
     volumes, _ = _volumes(job, spec)
     scheduling = spec.scheduling
@@ -430,7 +431,7 @@ def render_pod(
     )
     metadata["annotations"] = {
         **kueue_annotations,
-        POD_INPUTS_HASH_ANNOTATION: pod_inputs_hash(job, spec),
+        POD_INPUTS_HASH_ANNOTATION: inputs_hash,
     }
     metadata = _in_pod_group(metadata, job, spec)
     return {
@@ -507,11 +508,14 @@ def render(
     """Everything the job should own during `attempt` (1-based)."""
     config_map = render_config_map(job, spec)
     config_hash = content_hash(config_map["data"])
+    # One per gang: every worker is made from the same inputs.
+    inputs_hash = pod_inputs_hash(job, spec)
     return DesiredObjects(
         service=render_service(job, spec),
         config_map=config_map,
         pods=[
-            render_pod(job, spec, settings, i, attempt, config_hash) for i in range(spec.workers)
+            render_pod(job, spec, settings, i, attempt, config_hash, inputs_hash)
+            for i in range(spec.workers)
         ],
         claim=render_claim(job, spec),
         pod_group=render_pod_group(job, spec, attempt),
