@@ -449,11 +449,11 @@ def _with_pod_metadata(metadata: dict[str, Any], spec: LLMTrainingJobSpec) -> di
     """The user's labels and annotations under the operator's (the API refuses our keys; ours
     are applied last all the same)."""
     pod = spec.worker_pod
-    metadata = {**metadata, "labels": {**pod.labels, **metadata["labels"]}}
-    annotations = {**pod.annotations, **metadata.get("annotations", {})}
-    if annotations:
-        metadata["annotations"] = annotations
-    return metadata
+    return {
+        **metadata,
+        "labels": {**pod.labels, **metadata["labels"]},
+        "annotations": {**pod.annotations, **metadata["annotations"]},
+    }
 
 
 def _pod_identity(spec: LLMTrainingJobSpec) -> dict[str, Any]:
