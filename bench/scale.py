@@ -274,6 +274,8 @@ class PodClock:
     """(job, attempt) -> pod name -> when first seen Running."""
     live: dict[str, tuple[str, int]] = field(default_factory=dict)
     """Pods not yet deleted -> their (job, attempt)."""
+    attempts: set[tuple[str, int]] = field(default_factory=set)
+    """Every (job, attempt) a pod was seen of."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -306,6 +308,7 @@ class PodClock:
                 self.live.pop(name, None)
                 return
             self.live[name] = group
+            self.attempts.add(group)
             if (pod.get("status") or {}).get("phase") == "Running" and not pod["metadata"].get(
                 "deletionTimestamp"
             ):
@@ -329,6 +332,13 @@ class PodClock:
     def live_pods(self) -> int:
         with self.lock:
             return len(self.live)
+
+    def attempts_beyond(self, per_job: int) -> int:
+        """How many attempts, summed over the jobs, there were beyond `per_job` each: restarts
+        nothing asked for (a pod deleted by the simulation, a gang that failed to start)."""
+        with self.lock:
+            per = Counter(job for job, _ in self.attempts)
+        return sum(max(0, n - per_job) for n in per.values())
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -418,6 +428,7 @@ class Round:
     writes_per_job_minute: float = 0.0
     reads_per_job_minute: float = 0.0
     apiserver_p99_seconds: float = 0.0
+    unasked_restarts: int = 0
     steady_writes: Counter[str] = field(default_factory=Counter)
     """The steady-state writes by verb and resource (what to look at when there are any)."""
 
@@ -435,6 +446,7 @@ class Round:
             "steady writes /job/min": self.writes_per_job_minute,
             "steady reads /job/min": self.reads_per_job_minute,
             "apiserver p99 s": self.apiserver_p99_seconds,
+            "unasked restarts": self.unasked_restarts,
         }
 
 
@@ -529,6 +541,8 @@ def run_round(
             assert again is not None
             figures.recovery.append(again[1] - failed[name])
         print(f"  {system.name} x{jobs}: all recovered", file=sys.stderr, flush=True)
+        # One attempt at the start and one after the injected failure.
+        figures.unasked_restarts = clock.attempts_beyond(per_job=2)
 
         deleting = time.monotonic()
         in_parallel(lambda name: system.delete(namespace, name), names)
@@ -574,6 +588,7 @@ def print_table(rounds: list[Round]) -> None:
             b = peer.row()[key] if peer else float("nan")
             ratio = a / b if b else float("nan")
             print(f"  {key:28} {a:10.2f} {b:10.2f} {ratio:7.2f}")
+    sys.stdout.flush()
 
 
 def main() -> int:
@@ -613,7 +628,8 @@ def main() -> int:
             rounds.append(run_round(api, layout, system, jobs, args.steady_seconds, profile))
             if profile is not None:
                 print(f"where {system.name}'s CPU went, {jobs} job(s):\n{report(profile)}")
-    print_table(rounds)
+        # Each size's table as soon as it is measured: a long run stopped later keeps it.
+        print_table([r for r in rounds if r.jobs == jobs])
     print(f"\n(wall time {time.monotonic() - started:.0f} s; operator logs in {log_dir})")
     return 0
 

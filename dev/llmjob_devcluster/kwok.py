@@ -46,6 +46,12 @@ STAGES = (
     "pod/chaos/pod-container-running-failed.yaml",
 )
 FAIL_STAGE = "pod-container-running-failed.stage.kwok.x-k8s.io"
+# KWOK's workers that play the pods' stages (upstream default 4). A stage job is keyed by the
+# pod's name, and pod-delete deletes by name with no UID precondition (kwok v0.8.0,
+# pod_controller.go deleteResource): once 4 workers fall minutes behind, as they did at 1,000
+# jobs, a delete meant for one attempt's pod lands on the next attempt's pod of the same name.
+# A kubelet deletes with a UID precondition; enough workers keep KWOK's queue short.
+POD_STAGE_WORKERS = 32
 
 
 def lease_seconds(node_grace_seconds: int) -> int:
@@ -134,10 +140,25 @@ def fail_pod(core: client.CoreV1Api, namespace: str, name: str, exit_code: int =
     )
 
 
-def _write_stages(layout: Layout, built: Path) -> Path:
-    path = state_dir(layout) / "stages.yaml"
+def _write_config(layout: Layout, built: Path) -> Path:
+    """KWOK's configuration and its stages, one multi-document file for `--config`."""
+    path = state_dir(layout) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    documents = [(built / "kwok-stages" / stage).read_text().strip() for stage in STAGES]
+    options = {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokConfiguration",
+        # A configuration that KWOK reads from a file gets none of its defaults (v0.8.0 applies
+        # them only when there is no file): the other workers at upstream's values.
+        "options": {
+            "podPlayStageParallelism": POD_STAGE_WORKERS,
+            "nodePlayStageParallelism": 4,
+            "nodeLeaseParallelism": 4,
+            "podsOnNodeSyncParallelism": 1,
+            "enablePodsOnNodeSyncListPager": True,
+        },
+    }
+    stages = [(built / "kwok-stages" / stage).read_text().strip() for stage in STAGES]
+    documents = [json.dumps(options), *stages]
     path.write_text("\n---\n".join(documents) + "\n")
     return path
 
@@ -154,14 +175,14 @@ def up(layout: Layout, nodes: int = 4, gpus_per_node: int = 8) -> None:
     """Starts KWOK on the running cluster (idempotent) with exactly `nodes` fake nodes."""
     started_at = time.monotonic()
     built = scalebuild.build()
-    stages = _write_stages(layout, built)
+    kwok_config = _write_config(layout, built)
     if not is_running(layout):
         processes.stop(layout.pid_dir, PROCESS, grace=10)
         binary = built / "bin" / "kwok"
         argv = [
             str(binary),
             f"--kubeconfig={layout.kubeconfig}",
-            f"--config={stages}",
+            f"--config={kwok_config}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-label-selector={NODE_LABEL}={NODE_SELECTOR[NODE_LABEL]}",
             f"--server-address=127.0.0.1:{layout.kwok_server_port}",

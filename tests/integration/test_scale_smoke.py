@@ -32,6 +32,7 @@ def check(figures: scale.Round) -> None:
     assert len(figures.startup) == len(figures.recovery) == JOBS
     assert all(0 < seconds < 60 for seconds in figures.startup + figures.recovery)
     assert figures.delete_seconds > 0 and figures.cpu_seconds > 0 and figures.peak_rss_mb > 0
+    assert figures.unasked_restarts == 0, "a gang restarted that no failure was injected into"
 
 
 def test_llmjob_gangs_start_recover_and_go_on_kwok_nodes_within_the_api_budget(
