@@ -478,6 +478,7 @@ def run_round(
     # A namespace still being emptied (an earlier, stopped round's) would be this round's load:
     # a cluster-wide controller caches and reconciles what it holds.
     wait_until("no namespace terminating", lambda: not terminating(core), timeout=900)
+    wait_until("no workload reads", lambda: quiet(api), timeout=900)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     system.prepare(namespace)
     system.start()
@@ -561,6 +562,16 @@ def run_round(
         # The namespace's deletion writes too: not in the next round's steady state.
         wait_until("the namespace deleted", lambda: gone(core, namespace), timeout=300)
     return figures
+
+
+def quiet(api: client.ApiClient, window_seconds: float = 5.0) -> bool:
+    """No reads of workload resources for a window: the controllers are done with what came
+    before the round. Resizing the node set has the node controllers list the pods of every
+    node added or gone; the first round after it took those reads (4,056 per minute) and a
+    slow delete (56 s for one job) as its own."""
+    before = snapshot(api)
+    time.sleep(window_seconds)
+    return workload_reads(snapshot(api) - before) == 0
 
 
 def terminating(core: client.CoreV1Api) -> bool:
