@@ -41,8 +41,11 @@ def test_llmjob_gangs_start_recover_and_go_on_kwok_nodes_within_the_api_budget(
     system = scale.Llmjob(api_client, scale_cluster.kubeconfig, tmp_path_factory.mktemp("op"))
     figures = scale.run_round(api_client, scale_cluster, system, JOBS, steady_seconds=20)
     check(figures)
-    # Running gangs with nothing new to report cost no writes (DESIGN §4: 0 per idle job).
-    assert figures.writes_per_job_minute == 0
+    # Running gangs with nothing new to report cost no writes (DESIGN §4: 0 per idle job). The
+    # control plane's own controllers are not the operator: in a loaded CI run the endpoint
+    # slice controller caught up on the jobs' Services inside the window.
+    control_plane = "by system:serviceaccount:kube-system:"
+    assert not [w for w in figures.steady_writes if control_plane not in w], figures.steady_writes
 
 
 def test_jobset_does_the_same_work_beside_it(
