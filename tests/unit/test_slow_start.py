@@ -30,20 +30,15 @@ def test_every_create_runs_once() -> None:
     assert sorted(ran) == list(range(8))
 
 
-def test_a_refused_create_ends_its_batch_and_no_later_one_is_sent() -> None:
-    # Batches: [0], [1, 2], [3, 4, 5, 6], [7]. Create 4 fails: its batch finishes, 7 is never sent.
+# Batches: [0], [1, 2], [3, 4, 5, 6], [7]. A refused create's batch finishes; no later one is sent.
+@pytest.mark.parametrize(("refused", "sent"), [(4, [0, 1, 2, 3, 4, 5, 6]), (0, [0])])
+def test_a_refused_create_ends_its_batch_and_no_later_one_is_sent(
+    refused: int, sent: list[int]
+) -> None:
     ran: list[int] = []
     lock = threading.Lock()
-    calls = [recorder(ran, lock, i, fails=i == 4) for i in range(8)]
-    with ThreadPoolExecutor(4) as pool, pytest.raises(RuntimeError, match="create 4 refused"):
+    calls = [recorder(ran, lock, i, fails=i == refused) for i in range(8)]
+    refusal = f"create {refused} refused"
+    with ThreadPoolExecutor(4) as pool, pytest.raises(RuntimeError, match=refusal):
         slow_start(pool, calls)
-    assert sorted(ran) == [0, 1, 2, 3, 4, 5, 6]
-
-
-def test_when_the_first_create_is_refused_no_other_is_sent() -> None:
-    ran: list[int] = []
-    lock = threading.Lock()
-    calls = [recorder(ran, lock, i, fails=i == 0) for i in range(8)]
-    with ThreadPoolExecutor(4) as pool, pytest.raises(RuntimeError, match="create 0 refused"):
-        slow_start(pool, calls)
-    assert ran == [0]
+    assert sorted(ran) == sent
