@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -73,6 +74,8 @@ class Write(NamedTuple):
     subresource: str
     name: str
     code: int
+    user_agent: str  # which process of that user: replicas sharing an account differ here
+    received: float  # when the server received the request, seconds since the epoch
 
 
 def parse_line(line: str) -> Write | None:
@@ -90,6 +93,8 @@ def parse_line(line: str) -> Write | None:
         subresource=ref.get("subresource", ""),
         name=ref.get("name", ""),
         code=event.get("responseStatus", {}).get("code", 0),
+        user_agent=event.get("userAgent", ""),
+        received=datetime.fromisoformat(event["requestReceivedTimestamp"]).timestamp(),
     )
 
 

@@ -92,10 +92,11 @@ def configure(settings: OperatorSettings) -> None:
     _settings = settings
 
 
-def _limits(settings: OperatorSettings) -> ClientLimits:
+def _limits(settings: OperatorSettings, identity: str) -> ClientLimits:
     return ClientLimits(
         request_timeout_seconds=settings.api_timeout_seconds,
         writes=TokenBucket(settings.api_write_qps, settings.api_write_burst),
+        user_agent=f"llmjob-operator ({identity})",
     )
 
 
@@ -117,7 +118,9 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         # glob patterns; CRDs, to notice new resources): namespaced RBAC grants neither.
         settings.scanning.disabled = True
     load_config()
-    limits = _limits(_settings)
+    # client-go's convention: the pod's name, and a suffix that no restart reuses.
+    identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    limits = _limits(_settings, identity)
     # The first relist fills the cache before any worker plans from it.
     resync(Kube(limits), _settings)
     serve(_settings.metrics_port, store.jobs, queue)
@@ -133,7 +136,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         target=_resync_forever, args=(limits, _settings), name="resync", daemon=True
     ).start()
     controller = Controller(store, _settings, socket.gethostname(), _progress)
-    _start_election(Kube(limits), _settings)
+    _start_election(Kube(limits), _settings, identity)
     for number in range(_settings.workers):
         worker = threading.Thread(
             target=_work, args=(controller, limits), name=f"reconcile-{number}", daemon=True
@@ -143,14 +146,13 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     log.info("llmjob operator started: %s", _settings)
 
 
-def _start_election(kube: Kube, settings: OperatorSettings) -> None:
+def _start_election(kube: Kube, settings: OperatorSettings, identity: str) -> None:
     global _election  # noqa: PLW0603 - kopf handlers are module-level by design
     metrics.LEADER.set(0)
     _election = LeaderElector(
         kube,
         ElectionSettings(
-            # client-go's convention: the pod's name, and a suffix that no restart reuses.
-            identity=f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
+            identity=identity,
             lease_name=settings.lease_name,
             lease_namespace=settings.lease_namespace,
             lease_duration_seconds=settings.lease_duration_seconds,

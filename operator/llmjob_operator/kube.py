@@ -142,11 +142,15 @@ class TokenBucket:
 
 @dataclass(frozen=True)
 class ClientLimits:
-    """Every request's time-out and the shared write budget of one operator process."""
+    """Every request's time-out, the shared write budget and the name of one operator
+    process."""
 
     connect_timeout_seconds: float = 5.0
     request_timeout_seconds: float = 30.0
     writes: TokenBucket = field(default_factory=lambda: TokenBucket(qps=20.0, burst=40))
+    # Sent as User-Agent: replicas share one service account, so an audit log tells them
+    # apart only by this (handlers.py puts the election identity in it).
+    user_agent: str = "llmjob-operator"
 
 
 def load_config() -> None:
@@ -177,7 +181,10 @@ class Kube:
         api_client: client.ApiClient | None = None,
         fence: Fence | None = None,
     ) -> None:
-        self.api_client = api_client or client.ApiClient()
+        if api_client is None:
+            api_client = client.ApiClient()
+            api_client.user_agent = limits.user_agent
+        self.api_client = api_client
         self.core = client.CoreV1Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
         self.coordination = client.CoordinationV1Api(self.api_client)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from llmjob_devcluster import audit
+from llmjob_devcluster.layout import Layout
 from tests import apiserver_requests
 from tests.conftest import wait_for
 from tests.integration.jobs import GangWatch, Jobs, standin_job
@@ -78,8 +80,9 @@ def lease_holder(api_client: client.ApiClient) -> str:
 
 
 def identity_in_log(operator: OperatorProcess) -> str:
-    (identity,) = set(re.findall(r"leader election: (\S+) leads", operator.log_path.read_text()))
-    return str(identity)
+    """The identity it last led under: a restarted replica appends to the same log, with a new
+    identity (the election's suffix is per process)."""
+    return re.findall(r"leader election: (\S+) leads", operator.log_path.read_text())[-1]
 
 
 def attempts_started(jobs: Jobs, name: str) -> Counter[int]:
@@ -180,45 +183,52 @@ def test_a_sigterm_hands_the_lease_over_at_once(
     assert leader_of(replicas) is standby
 
 
-def client_writes(operator: OperatorProcess) -> float:
-    """The requests a replica's own client counted, less reads and the election's own."""
-    total = 0.0
-    for call, value in re.findall(
-        r'^llmjob_operator_api_requests_total\{call="(\w+)",code="\w+"\} (\S+)$',
-        operator.metrics(),
-        re.MULTILINE,
-    ):
-        if not call.startswith(("list_", "read_", "get_")) and not call.endswith("_lease"):
-            total += float(value)
-    return total
+def writes_by(identity: str, start: audit.Mark) -> list[audit.Write]:
+    """What the API server answered since `start` for one replica (its User-Agent names it)."""
+    return [w for w in audit.writes_since(start) if f"({identity})" in w.user_agent]
 
 
 def test_a_frozen_leader_that_wakes_after_the_take_over_sends_nothing(
-    replicas: list[OperatorProcess], jobs: Jobs, venv_bin: str, api_client: client.ApiClient
+    replicas: list[OperatorProcess],
+    jobs: Jobs,
+    venv_bin: str,
+    api_client: client.ApiClient,
+    devcluster: Layout,
 ) -> None:
     """SIGSTOP (a long pause, a hung node): the process lives on, its clock with it. Its term
     ended at its renew deadline; when it wakes, with a backlog of watch events, its workers
-    and its fenced client send nothing, while the new leader restarts the gang."""
+    and its fenced client send nothing, while the new leader restarts the gang.
+
+    Held by the API server's audit log, not the replica's own request counter: that counts a
+    request when its response is handled, so a write sent before the pause and answered
+    after it would read as sent after."""
     leader = leader_of(replicas)
     standby = next(o for o in replicas if o is not leader)
+    identity = identity_in_log(leader)
+    start = audit.mark(devcluster)
     gang = GangWatch(api_client, jobs.namespace, "frozen")
     try:
         jobs.create(standin_job("frozen", venv_bin, standin={"steps": 6, "fail": "1:1:1:2"}))
         jobs.wait_phase("frozen", "Running", timeout=120)
-        writes = client_writes(leader)
         leader.pause()
         try:
             wait_for(lambda: is_leader(standby), LEASE_DURATION + 10, "the standby to lead")
+            # The frozen replica has sent nothing since it was stopped, well before this: any
+            # of its writes the server receives from here on is a second leader acting.
+            took_over = time.time()
             jobs.wait("frozen", lambda s: s.get("attempt") == 2, 60, "attempt 2")
         finally:
             leader.resume()
         wait_for(lambda: is_leader(leader) is False, 10, "the woken replica to stand by")
         time.sleep(RETRY_PERIOD)
-        assert client_writes(leader) == writes
         assert "stopped leading: its renew deadline passed" in leader.log_path.read_text()
         assert is_leader(standby)
         jobs.wait_phase("frozen", "Succeeded", timeout=120)
+        by_old_leader = writes_by(identity, start)
     finally:
         gang.stop()
+    # It did act while it led (attempt 1's pods are its creates), and nothing after.
+    assert any(w.verb == "create" and w.resource == "pods" for w in by_old_leader)
+    assert [w for w in by_old_leader if w.received >= took_over] == []
     assert attempts_started(jobs, "frozen") == {1: 1, 2: 1}
     assert gang.overlaps == [], "two attempts' pods were alive at once"

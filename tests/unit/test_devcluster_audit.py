@@ -1,6 +1,7 @@
 """The audit log reader: which lines are writes, and reading from a mark."""
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ def event(stage: str, verb: str, namespace: str = "team-a") -> str:
                 "apiGroup": "llmjob.dev",
             },
             "responseStatus": {"code": 200},
+            "userAgent": "llmjob-operator (node-a_1f2e3d4c)",
+            "requestReceivedTimestamp": "2026-12-04T01:02:03.250000Z",
         }
     )
 
@@ -36,6 +39,8 @@ def test_a_completed_write_reads_as_who_wrote_what_where() -> None:
         "status",
         "job-a",
         200,
+        "llmjob-operator (node-a_1f2e3d4c)",
+        datetime(2026, 12, 4, 1, 2, 3, 250000, tzinfo=UTC).timestamp(),
     )
 
 
