@@ -9,8 +9,12 @@ Only the leader's reconcile workers act; a standby keeps its watches and cache w
   send time of its last successful renew (the term ends), which is before any standby can see
   the lease expire (leaseDuration after it saw that renew, which was later). Every write of a
   reconcile is fenced by the term it started under (`write_window`), and its time-out is cut
-  to the time left until leaseDuration: no write is sent after the deadline, none outlives
-  the lease.
+  to the time left until leaseDuration: no write is started after the deadline, none outlives
+  the lease. The check and the send are two steps, as in client-go: a process stopped between
+  them (under a millisecond of the client's request building) sends that one write when it
+  wakes. The server refuses it where the new leader has acted on the object since: status
+  patches carry the resourceVersion they were planned from, pod deletes the pod's UID, and pods
+  have fixed names.
 - A renew first updates the lease with the version it last wrote (client-go's fast path: one
   request per retry period); on any failure it reads the lease and tries once more.
 - Stopping releases the lease (empty holder, a one-second duration), so a standby takes it at
