@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from llmjob_operator import metrics
 from llmjob_operator.api import LLMTrainingJobStatus, explain_validation_error, validate_job
+from llmjob_operator.expectations import CreateExpectations
 from llmjob_operator.kube import ConflictError, ForeignObjectError, GoneError, Kube
 from llmjob_operator.leader import NotLeaderError
 from llmjob_operator.observe import (
@@ -151,8 +152,10 @@ class Controller:
         settings: OperatorSettings,
         instance: str,
         progress_reader: ProgressReader,
+        expected: CreateExpectations,
     ) -> None:
         self.store = store
+        self.expected = expected
         self.settings = settings
         self.instance = instance
         self.progress = progress_reader
@@ -165,6 +168,14 @@ class Controller:
         body = self.store.job(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.progress.watch(key, None)
+            self.expected.forget(key)
+            return Outcome()
+        namespace = key[0]
+        if self.expected.pending(
+            key, lambda pod: self.store.cached("Pod", namespace, pod) is not None
+        ):
+            # Planned from this cache, a pod just created would read as vanished; its event
+            # wakes the job.
             return Outcome()
         started = time.monotonic()
         try:
@@ -350,7 +361,7 @@ class Controller:
         for pods, actions in itertools.groupby(result.actions, key=_creates_pod):
             if pods:
                 creates = [
-                    functools.partial(self._apply, kube, namespace, action)
+                    functools.partial(self._create_pod, kube, (namespace, name), action)
                     for action in actions
                     if isinstance(action, ApplyObject)
                 ]
@@ -372,6 +383,15 @@ class Controller:
             kube.emit_event(body, event, self.instance)
         metrics.record(result, old.phase)
         return deferred
+
+    def _create_pod(self, kube: Kube, key: JobKey, action: ApplyObject) -> None:
+        pod = action.body["metadata"]["name"]
+        self.expected.expect(key, pod)
+        try:
+            self._apply(kube, key[0], action)
+        except BaseException:
+            self.expected.observed(key, pod)  # not created: no event is coming
+            raise
 
     def _apply(self, kube: Kube, namespace: str, action: ApplyObject) -> None:
         kind = action.body["kind"]

@@ -30,6 +30,7 @@ import kopf
 from llmjob_operator import metrics
 from llmjob_operator.api import GROUP, PLURAL, VERSION
 from llmjob_operator.controller import Controller
+from llmjob_operator.expectations import CreateExpectations
 from llmjob_operator.kube import ClientLimits, Kube, TokenBucket, load_config
 from llmjob_operator.leader import ElectionSettings, LeaderElector, NotLeaderError
 from llmjob_operator.metrics import serve
@@ -42,6 +43,7 @@ from llmjob_operator.workqueue import WorkQueue
 log = logging.getLogger(__name__)
 
 store = Store()
+expected = CreateExpectations()
 queue: WorkQueue[JobKey] = WorkQueue(observe_latency=metrics.QUEUE_LATENCY_SECONDS.observe)
 _settings: OperatorSettings | None = None
 _progress: ProgressReader | None = None
@@ -135,7 +137,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     threading.Thread(
         target=_resync_forever, args=(limits, _settings), name="resync", daemon=True
     ).start()
-    controller = Controller(store, _settings, socket.gethostname(), _progress)
+    controller = Controller(store, _settings, socket.gethostname(), _progress, expected)
     _start_election(Kube(limits), _settings, identity)
     for number in range(_settings.workers):
         worker = threading.Thread(
@@ -315,6 +317,8 @@ def _owned_event(kind: str, event: kopf.RawEvent) -> None:
 
 @kopf.on.event("v1", "pods", labels={JOB_NAME_LABEL: kopf.PRESENT})
 async def pod_event(event: kopf.RawEvent, **_: Any) -> None:
+    meta = event["object"]["metadata"]
+    expected.observed((meta["namespace"], meta["labels"][JOB_NAME_LABEL]), meta["name"])
     _owned_event("Pod", event)
 
 
