@@ -651,12 +651,30 @@ class _Planner:
                 # The queue's reason changes without any pod changing: look again now and then.
                 self.wake_in(QUEUE_READ_SECONDS)
             return True
+        message = f"attempt {self.status.attempt} admitted: no scheduling gate left"
         if self.condition_is(QUEUED_CONDITION):
-            message = f"attempt {self.status.attempt} admitted: no scheduling gate left"
             self.leave_queue("Admitted", message)
             if self.status.phase == "Queued":
                 self.transition("Pending", "Admitted", message)
+        elif current and self.admission_unrecorded():
+            # Admitted before any pass saw its gate (with free quota Kueue ungates a group
+            # within milliseconds of its create): the condition still spoke of an earlier
+            # attempt. Its transition time stays, so no clock starts from this.
+            self.condition(QUEUED_CONDITION, False, "Admitted", message)
         return False
+
+    def admission_unrecorded(self) -> bool:
+        """A queued job's Queued condition was last set before this attempt started."""
+        queued = next((c for c in self.status.conditions if c.type == QUEUED_CONDITION), None)
+        started = self.status.attempt_start_time
+        return (
+            self.job.ref.queue_name is not None
+            and queued is not None
+            and queued.status == "False"
+            and started is not None
+            and queued.last_transition_time < started
+            and not queued.message.startswith(f"attempt {self.status.attempt} admitted")
+        )
 
     def spec_changed(self) -> bool:
         """A pod of the current attempt was made from another spec than the job's now."""

@@ -200,3 +200,30 @@ def test_a_queued_gang_shows_the_queues_reason_and_looks_again_later() -> None:
     assert result.requeue_after == QUEUE_READ_SECONDS
     # Without a queue label nothing is read again: the gate's lifting wakes the job.
     assert run(status=pending(), workers=gang, ref=REF).requeue_after is None
+
+
+def test_an_attempt_admitted_before_any_pass_saw_its_gate_is_still_reported_admitted() -> None:
+    queued_ref = JobRef(name="j", namespace="ns", uid="u", queue_name="team-a")
+    first = {
+        "type": QUEUED_CONDITION,
+        "status": "False",
+        "reason": "Admitted",
+        "message": "attempt 1 admitted: no scheduling gate left",
+        "lastTransitionTime": ago(500).isoformat(),
+    }
+    # Attempt 2 started 400 s ago; Kueue ungated its pods before the operator looked.
+    second = pending(attempt=2, conditions=[first])
+    ungated = [worker(i, "Pending", attempt=2, started=False) for i in range(2)]
+    result = run(status=second, workers=ungated, ref=queued_ref)
+    condition = queued_condition(result)
+    assert (condition.status, condition.reason) == ("False", "Admitted")
+    assert condition.message == "attempt 2 admitted: no scheduling gate left"
+    assert condition.last_transition_time == ago(500)
+    assert result.events == []
+    again = run(
+        status=result.status.model_dump(mode="json", by_alias=True), workers=ungated, ref=queued_ref
+    )
+    assert status_write_due(result.status, again.status, NOW, 30) is None
+    # A job on no queue keeps what it had.
+    unqueued = run(status=second, workers=ungated)
+    assert queued_condition(unqueued).message == first["message"]
