@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from llmjob_operator.api import (
     CheckpointStatus,
+    Condition,
     FailureRecord,
     LLMTrainingJobSpec,
     LLMTrainingJobStatus,
@@ -356,7 +357,7 @@ class _Planner:
         return self.status.queued_seconds + self.current_queue_wait()
 
     def current_queue_wait(self) -> float:
-        queued = next((c for c in self.status.conditions if c.type == QUEUED_CONDITION), None)
+        queued = self.queued_condition()
         if queued is None or queued.status != "True":
             return 0.0
         return self.seconds_since(queued.last_transition_time)
@@ -621,7 +622,7 @@ class _Planner:
 
     def admission_time(self) -> datetime | None:
         """When this attempt's gang left the queue (its gates were lifted), if it queued."""
-        queued = next((c for c in self.status.conditions if c.type == QUEUED_CONDITION), None)
+        queued = self.queued_condition()
         if queued is None or queued.status != "False" or self.status.attempt_start_time is None:
             return None
         at = queued.last_transition_time
@@ -656,16 +657,17 @@ class _Planner:
             self.leave_queue("Admitted", message)
             if self.status.phase == "Queued":
                 self.transition("Pending", "Admitted", message)
-        elif current and self.admission_unrecorded():
+        elif current and self.admission_unrecorded(message):
             # Admitted before any pass saw its gate (with free quota Kueue ungates a group
             # within milliseconds of its create): the condition still spoke of an earlier
             # attempt. Its transition time stays, so no clock starts from this.
             self.condition(QUEUED_CONDITION, False, "Admitted", message)
         return False
 
-    def admission_unrecorded(self) -> bool:
-        """A queued job's Queued condition was last set before this attempt started."""
-        queued = next((c for c in self.status.conditions if c.type == QUEUED_CONDITION), None)
+    def admission_unrecorded(self, message: str) -> bool:
+        """A queued job's Queued condition was last set before this attempt started, and does
+        not say `message` (this attempt's admission) yet."""
+        queued = self.queued_condition()
         started = self.status.attempt_start_time
         return (
             self.job.ref.queue_name is not None
@@ -673,8 +675,11 @@ class _Planner:
             and queued.status == "False"
             and started is not None
             and queued.last_transition_time < started
-            and not queued.message.startswith(f"attempt {self.status.attempt} admitted")
+            and queued.message != message
         )
+
+    def queued_condition(self) -> Condition | None:
+        return next((c for c in self.status.conditions if c.type == QUEUED_CONDITION), None)
 
     def spec_changed(self) -> bool:
         """A pod of the current attempt was made from another spec than the job's now."""
